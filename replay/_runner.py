@@ -1,0 +1,380 @@
+"""Drives one claimed run: replay its journal, then execute, journal and deliver.
+
+The order in ``_process`` is the invariant everything rests on: outcomes become
+journal entries, the entries are appended (fenced by the lease token), and only
+after the append returns are they delivered to the workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from replay import journal as j
+from replay._instance import ChildOp, Instance, Op, StepOp, TimerOp, WaitOp
+from replay.errors import LeaseLost, NonDeterminismError, SerializationError, WorkflowTimeout
+from replay.journal import Entry, round_trip
+from replay.stores.base import TERMINAL_STATUSES, Claim, NewRun, RunUpdate
+
+if TYPE_CHECKING:
+    from replay.clock import TimerHandle
+    from replay.worker import Worker
+
+__all__ = ("RunDriver",)
+
+log = logging.getLogger("replay.worker")
+
+
+@attrs.frozen
+class StepDone:
+    """A step attempt returned."""
+
+    seq: int
+    attempt: int
+    result: Any
+
+
+@attrs.frozen
+class StepError:
+    """A step attempt raised."""
+
+    seq: int
+    attempt: int
+    error: dict[str, Any]
+    retryable: bool
+
+
+@attrs.frozen
+class Tick:
+    """A timer, a retry, a wait timeout or the deadline may be due."""
+
+
+@attrs.frozen
+class News:
+    """An event, a child's end or a cancellation may be waiting for this run."""
+
+
+Item = StepDone | StepError | Tick | News
+
+
+class RunDriver:
+    """Owns one run while it is hot. Created by the worker per claim."""
+
+    def __init__(self, worker: Worker, claim: Claim) -> None:
+        self.worker = worker
+        self.claim = claim
+        self.run_id = claim.run_id
+        self.store = worker.store
+        self.clock = worker.clock
+        self.inbox: collections.deque[Item] = collections.deque()
+        self.signal = asyncio.Event()
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self.instance: Instance | None = None
+        self._timer: TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.finished = False
+
+    def post(self, item: Item) -> None:
+        """Hand the driver something to journal; safe from any task or callback."""
+        self.worker.activity.inc()
+        self.inbox.append(item)
+        self.signal.set()
+
+    async def run(self) -> None:
+        """Drive the run until it finishes, suspends or is lost. Never raises."""
+        try:
+            await self._drive()
+        except LeaseLost:
+            log.info("run %s was taken over by another worker; dropping it here", self.run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("run %s: the worker failed while driving it; it will be retried", self.run_id)
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        for task in self.running.values():
+            task.cancel()
+        self.running.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.instance is not None:
+            self.instance.close()
+        pending = len(self.inbox)
+        self.inbox.clear()
+        self.worker.activity.dec(pending + 1)
+        self.worker.forget(self)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        worker = self.worker
+        entries = await self.store.read_journal(self.run_id)
+        if entries and entries[-1].kind in j.TERMINAL_KINDS:
+            await self._repair_finished(entries[-1])
+            return
+        workflow = worker.app.workflows[self.claim.workflow]
+        inst = Instance(self.run_id, workflow, entries, self.clock.now, worker.app.steps.get)
+        self.instance = inst
+        try:
+            inst.replay()
+        except NonDeterminismError as exc:
+            await self._park(exc)
+            return
+        # Whatever happened while no worker watched: events, children, cancellation, timers.
+        await self._process([News(), Tick()])
+        while True:
+            if self.finished:
+                return
+            if inst.error is not None:
+                await self._park(inst.error)
+                return
+            if inst.outcome is not None:
+                await self._finish()
+                return
+            await self._dispatch()
+            if not self.inbox:
+                wake = inst.wake_at()
+                now = self.clock.now()
+                if not self.running and (wake is None or wake - now > worker.keep_hot):
+                    await self._suspend(wake)
+                    return
+                self._arm(wake)
+            items = await self._next_batch()
+            try:
+                await self._process(items)
+            finally:
+                worker.activity.dec(len(items))
+
+    async def _next_batch(self) -> list[Item]:
+        activity = self.worker.activity
+        while not self.inbox:
+            self.signal.clear()
+            activity.dec()
+            try:
+                await self.signal.wait()
+            finally:
+                activity.inc()
+        items = list(self.inbox)
+        self.inbox.clear()
+        return items
+
+    def _arm(self, wake: float | None) -> None:
+        if wake == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = wake
+        if wake is not None:
+            self._timer = self.clock.call_at(wake, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.post(Tick())
+
+    # -- turning outcomes into entries ---------------------------------------------
+
+    async def _process(self, items: list[Item]) -> None:
+        inst = self.instance
+        assert inst is not None
+        completions: list[Entry] = []
+        restart: list[StepOp] = []
+        for item in items:
+            if isinstance(item, StepDone | StepError):
+                entry = self._step_entry(inst, item)
+                if entry is not None:
+                    completions.append(entry)
+            elif isinstance(item, News):
+                completions.extend(await self._news(inst))
+            else:
+                if inst.deadline is not None and inst.deadline <= self.clock.now():
+                    await self._timed_out()
+                    return
+                completions.extend(await self._due(inst, restart))
+        if completions:
+            entries = inst.take_buffer() + completions
+            await self.store.append(self.run_id, self.claim.token, entries)
+        # Journal before deliver: every completion is durable from here on.
+        for entry in completions:
+            if inst.outcome is not None or inst.error is not None:
+                break
+            inst.deliver(entry)
+        for op in restart:
+            self._start_step(op)
+
+    def _step_entry(self, inst: Instance, item: StepDone | StepError) -> Entry | None:
+        op = inst.ops.get(item.seq)
+        if not isinstance(op, StepOp):
+            return None  # the run no longer waits for it
+        if isinstance(item, StepDone):
+            return inst.alloc(j.STEP_COMPLETED, {"op": item.seq, "attempt": item.attempt, "result": item.result})
+        data: dict[str, Any] = {"op": item.seq, "attempt": item.attempt, "error": item.error}
+        if item.retryable and item.attempt < op.retry.max_attempts:
+            data["retry_at"] = self.clock.now() + op.retry.delay(item.attempt, self.worker.rng.random())
+        return inst.alloc(j.STEP_FAILED, data)
+
+    async def _news(self, inst: Instance) -> list[Entry]:
+        found: list[Entry] = []
+        if any(isinstance(op, WaitOp) for op in inst.ops.values()):
+            for seq, event in await self.store.poll_waits(self.run_id):
+                if isinstance(inst.ops.get(seq), WaitOp):
+                    ev = {"id": event.id, "name": event.name, "data": event.data, "at": event.at}
+                    found.append(inst.alloc(j.EVENT_RECEIVED, {"op": seq, "event": ev}))
+        for op in list(inst.ops.values()):
+            if isinstance(op, ChildOp):
+                child = await self.store.get_run(op.run_id)
+                if child is not None and child.status in TERMINAL_STATUSES:
+                    data: dict[str, Any] = {"op": op.seq, "run_id": op.run_id, "status": child.status}
+                    if child.status == "completed":
+                        data["result"] = child.result
+                    else:
+                        data["error"] = child.error or {"type": "Cancelled", "message": "the child run was cancelled"}
+                    found.append(inst.alloc(j.CHILD_COMPLETED, data))
+        if not inst.cancel_requested:
+            info = await self.store.get_run(self.run_id)
+            if info is not None and info.cancel_requested:
+                found.append(inst.alloc(j.CANCEL_REQUESTED, {}))
+        return found
+
+    async def _due(self, inst: Instance, restart: list[StepOp]) -> list[Entry]:
+        now = self.clock.now()
+        found: list[Entry] = []
+        timed_out: list[WaitOp] = []
+        for op in list(inst.ops.values()):
+            if isinstance(op, TimerOp) and op.due <= now:
+                found.append(inst.alloc(j.TIMER_FIRED, {"op": op.seq}))
+            elif isinstance(op, StepOp) and op.retry_at is not None and op.retry_at <= now:
+                if op.seq not in self.running:
+                    op.retry_at = None
+                    restart.append(op)
+            elif isinstance(op, WaitOp) and op.timeout_at is not None and op.timeout_at <= now:
+                timed_out.append(op)
+        if timed_out:
+            # An event that arrived in time wins over the timeout.
+            arrived = {seq: event for seq, event in await self.store.poll_waits(self.run_id)}
+            for op in timed_out:
+                event = arrived.get(op.seq)
+                if event is not None:
+                    ev = {"id": event.id, "name": event.name, "data": event.data, "at": event.at}
+                    found.append(inst.alloc(j.EVENT_RECEIVED, {"op": op.seq, "event": ev}))
+                else:
+                    found.append(inst.alloc(j.WAIT_TIMED_OUT, {"op": op.seq}))
+        return found
+
+    # -- executing new commands --------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        inst = self.instance
+        assert inst is not None
+        ops: list[Op] = inst.take_new_ops()
+        if not ops:
+            return
+        buffered = {e.seq for e in inst.buffer}
+        flush = False
+        children: list[NewRun] = []
+        now = self.clock.now()
+        for op in ops:
+            if isinstance(op, StepOp):
+                if op.retry_at is None or op.retry_at <= now:
+                    op.retry_at = None
+                    self._start_step(op)
+            elif isinstance(op, WaitOp):
+                flush = flush or op.seq in buffered  # a wait begins once it is journaled
+            elif isinstance(op, ChildOp) and op.seq in buffered:
+                flush = True
+                children.append(self._child_run(op, now))
+        if flush:
+            await self.store.append(
+                self.run_id, self.claim.token, inst.take_buffer(), RunUpdate(children=tuple(children))
+            )
+
+    def _child_run(self, op: ChildOp, now: float) -> NewRun:
+        workflow = self.worker.app.workflows.get(op.workflow)
+        data: dict[str, Any] = {
+            "workflow": op.workflow,
+            "args": op.args,
+            "journal": j.FORMAT_VERSION,
+            "parent": self.run_id,
+        }
+        if workflow is not None and workflow.timeout is not None:
+            data["deadline"] = now + workflow.timeout.total_seconds()
+        first = Entry(1, j.WORKFLOW_STARTED, now, data)
+        return NewRun(op.run_id, op.workflow, op.args, first, parent_id=self.run_id)
+
+    def _start_step(self, op: StepOp) -> None:
+        self.worker.activity.inc()
+        self.running[op.seq] = asyncio.create_task(self._execute(op), name=f"{self.run_id}:{op.seq}:{op.name}")
+
+    async def _execute(self, op: StepOp) -> None:
+        attempt = op.attempts + 1
+        try:
+            try:
+                result = await self.worker.execute_step(self.run_id, op, attempt)
+                item: Item = StepDone(op.seq, attempt, round_trip(result, f"the result of step {op.name!r}"))
+            except SerializationError as exc:
+                item = StepError(op.seq, attempt, j.error_data(exc), retryable=False)
+            except Exception as exc:
+                item = StepError(op.seq, attempt, j.error_data(exc), self.worker.retryable(op, exc))
+            self.running.pop(op.seq, None)
+            self.post(item)
+        finally:
+            self.worker.activity.dec()
+
+    # -- ends ----------------------------------------------------------------------------
+
+    async def _suspend(self, wake: float | None) -> None:
+        inst = self.instance
+        assert inst is not None
+        update = RunUpdate(status="suspended", wake_at=wake, release=True)
+        await self.store.append(self.run_id, self.claim.token, inst.take_buffer(), update)
+
+    async def _finish(self) -> None:
+        inst = self.instance
+        assert inst is not None and inst.outcome is not None
+        kind, data = inst.outcome.kind, dict(inst.outcome.data)
+        update: RunUpdate
+        if kind == j.WORKFLOW_COMPLETED:
+            try:
+                data["result"] = round_trip(data["result"], "the workflow's result")
+                update = RunUpdate(status="completed", result=data["result"], release=True)
+            except SerializationError as exc:
+                kind, data = j.WORKFLOW_FAILED, {"error": j.error_data(exc)}
+        if kind == j.WORKFLOW_FAILED:
+            update = RunUpdate(status="failed", error=data["error"], release=True)
+        elif kind == j.WORKFLOW_CANCELLED:
+            update = RunUpdate(status="cancelled", release=True)
+        entries = [*inst.take_buffer(), inst.alloc(kind, data)]
+        await self.store.append(self.run_id, self.claim.token, entries, update)
+
+    async def _timed_out(self) -> None:
+        inst = self.instance
+        assert inst is not None
+        error = j.error_data(WorkflowTimeout(f"run {self.run_id!r} passed its workflow timeout"))
+        entries = [*inst.take_buffer(), inst.alloc(j.WORKFLOW_FAILED, {"error": error})]
+        self.finished = True
+        await self.store.append(
+            self.run_id, self.claim.token, entries, RunUpdate(status="failed", error=error, release=True)
+        )
+
+    async def _park(self, exc: NonDeterminismError) -> None:
+        # The journal stays as it was: a fixed deploy can replay the run again.
+        log.error("%s", exc)
+        update = RunUpdate(status="failed", error=j.error_data(exc), release=True)
+        await self.store.append(self.run_id, self.claim.token, [], update)
+
+    async def _repair_finished(self, last: Entry) -> None:
+        status = {j.WORKFLOW_COMPLETED: "completed", j.WORKFLOW_FAILED: "failed"}.get(last.kind, "cancelled")
+        update = RunUpdate(
+            status=status,  # type: ignore[arg-type]
+            result=last.data.get("result"),
+            error=last.data.get("error"),
+            release=True,
+        )
+        await self.store.append(self.run_id, self.claim.token, [], update)

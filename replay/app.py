@@ -1,0 +1,460 @@
+"""``App``: the registry of workflows and steps, and the client that starts runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, Unpack, overload
+
+import attrs
+
+from replay import journal as j
+from replay._loop import current_instance
+from replay.clock import Clock, SystemClock
+from replay.errors import ReplayError, RunNotFound, error_from_data
+from replay.journal import Entry, round_trip
+from replay.policies import RetryPolicy
+from replay.stores import open_store
+from replay.stores.base import TERMINAL_STATUSES, EventRecord, NewRun, Notice, RunInfo, Store
+
+if TYPE_CHECKING:
+    from replay.context import Context
+    from replay.worker import Worker
+
+__all__ = ("App", "Event", "RunHandle", "StepDef", "WorkflowDef")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+DEFAULT_STORE = "sqlite:///replay.db"
+
+
+@attrs.frozen
+class Event:
+    """An event, as ``wait_for_event`` returns it and a trigger receives it.
+
+    Attributes:
+        id: unique id; sending an event with an id already stored does nothing.
+        name: what happened, such as ``"order.shipped"``.
+        data: a JSON object.
+        at: when it was sent (epoch seconds).
+    """
+
+    id: str
+    name: str
+    data: dict[str, Any]
+    at: float
+
+
+class WorkflowDef(Generic[Unpack[Ts], R]):
+    """A workflow registered with ``@app.workflow``; pass it to ``app.start``.
+
+    Attributes:
+        name: the name runs are stored under.
+        fn: the ``async def (ctx, *args)`` itself.
+        timeout: the longest a run may take, from its start, before it fails.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[[Context, *Ts], Awaitable[R]],
+        name: str,
+        timeout: timedelta | None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.timeout = timeout
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name!r}>"
+
+
+class StepDef(Generic[P, R]):
+    """A step registered with ``@app.step``.
+
+    Called inside a running workflow it is ``ctx.step(fn, ...)``: it runs once and
+    its result is journaled. Called anywhere else it is a plain call.
+
+    Attributes:
+        step_name: the name its results are journaled under.
+        fn: the function itself.
+        retry: its retry policy.
+        timeout: the longest one attempt may take.
+    """
+
+    def __init__(
+        self, fn: Callable[P, R], name: str, retry: RetryPolicy, timeout: timedelta | None
+    ) -> None:
+        self.fn = fn
+        self.step_name = name
+        self.retry = retry
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__qualname__ = getattr(fn, "__qualname__", name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        instance = current_instance()
+        if instance is None:
+            return self.fn(*args, **kwargs)
+        return instance.ctx._step(self, args, kwargs, None, None, None)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"<step {self.step_name!r}>"
+
+
+class RunHandle(Generic[R]):
+    """A handle on one run. Getting one does no I/O; its methods do.
+
+    Its methods raise ``RunNotFound`` when no run has this id.
+    """
+
+    def __init__(self, app: App, run_id: str) -> None:
+        self.app = app
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id!r}>"
+
+    async def info(self) -> RunInfo:
+        """The run as stored: status, arguments, result or error, times."""
+        store = await self.app.store()
+        info = await store.get_run(self.run_id)
+        if info is None:
+            raise RunNotFound(f"no run with id {self.run_id!r}")
+        return info
+
+    async def status(self) -> str:
+        """One of ``pending``, ``running``, ``suspended``, ``completed``, ``failed``, ``cancelled``."""
+        return (await self.info()).status
+
+    async def result(self, timeout: float | timedelta | None = None) -> R:
+        """Wait for the run to finish and return its result.
+
+        Args:
+            timeout: give up after this long (seconds or a timedelta); None waits forever.
+
+        Raises:
+            TimeoutError: the run did not finish in time.
+            ReplayError: the run's own error (``StepFailed``, ``Cancelled``,
+                ``WorkflowTimeout``, ``WorkflowFailed``...).
+        """
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        info = await self.app._wait_finished(self.run_id, seconds)
+        if info.status == "completed":
+            return info.result  # type: ignore[no-any-return]
+        if info.status == "cancelled":
+            raise error_from_data({"type": "Cancelled", "message": f"run {self.run_id!r} was cancelled"})
+        raise error_from_data(info.error or {"type": "WorkflowFailed", "message": "failed"})
+
+    async def cancel(self) -> None:
+        """Ask the run to stop: the workflow sees ``asyncio.CancelledError`` at its next await."""
+        await self.app.cancel(self.run_id)
+
+    async def journal(self) -> list[Entry]:
+        """The run's journal entries, each with ``seq``, ``kind``, ``at`` and ``data``."""
+        await self.info()
+        store = await self.app.store()
+        return await store.read_journal(self.run_id)
+
+
+class App:
+    """Registry of workflows and steps, and the client for their runs.
+
+    Args:
+        name: the application's name.
+        store: a store URL (``memory://``, ``sqlite:///path``, ``postgresql://...``)
+            or a ``Store``; default: the ``REPLAY_STORE`` environment variable,
+            else ``sqlite:///replay.db``.
+        clock: where time comes from (tests use a virtual clock).
+    """
+
+    def __init__(self, name: str, store: str | Store | None = None, *, clock: Clock | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"an app needs a non-empty name, got {name!r}")
+        self.name = name
+        self.clock: Clock = clock or SystemClock()
+        self.workflows: dict[str, WorkflowDef[Unpack[tuple[Any, ...]], Any]] = {}
+        self.steps: dict[str, StepDef[Any, Any]] = {}
+        self._store_spec: str | Store = store or os.environ.get("REPLAY_STORE") or DEFAULT_STORE
+        self._store: Store | None = store if isinstance(store, Store) else None
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<App {self.name!r}>"
+
+    # -- registration ------------------------------------------------------------------
+
+    @overload
+    def workflow(self, fn: Callable[[Context, *Ts], Awaitable[R]], /) -> WorkflowDef[*Ts, R]: ...
+
+    @overload
+    def workflow(
+        self, *, name: str | None = None, timeout: timedelta | None = None
+    ) -> Callable[[Callable[[Context, *Ts], Awaitable[R]]], WorkflowDef[*Ts, R]]: ...
+
+    def workflow(
+        self,
+        fn: Callable[..., Awaitable[Any]] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: timedelta | None = None,
+    ) -> Any:
+        """Register an ``async def (ctx, *args)`` as a workflow.
+
+        Args:
+            name: the name runs are stored under (default: the function's name).
+            timeout: fail a run with ``WorkflowTimeout`` this long after it starts.
+        """
+        if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
+            raise ValueError(f"timeout must be a positive timedelta, got {timeout!r}")
+
+        def register(func: Callable[..., Awaitable[Any]]) -> WorkflowDef[Unpack[tuple[Any, ...]], Any]:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(f"@app.workflow needs an async def, got {func!r}")
+            wf_name = name or func.__name__
+            if wf_name in self.workflows:
+                raise ValueError(f"a workflow named {wf_name!r} is already registered on {self!r}")
+            wf: WorkflowDef[Unpack[tuple[Any, ...]], Any] = WorkflowDef(self, func, wf_name, timeout)
+            self.workflows[wf_name] = wf
+            return wf
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def step(self, fn: Callable[P, R], /) -> StepDef[P, R]: ...
+
+    @overload
+    def step(
+        self,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+    ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
+
+    def step(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+    ) -> Any:
+        """Register a sync or async function as a step.
+
+        Args:
+            name: the name results are journaled under (default: the function's name).
+            retry: how failures are retried (default: ``RetryPolicy()``).
+            timeout: the longest one attempt may take.
+        """
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
+        if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
+            raise ValueError(f"timeout must be a positive timedelta, got {timeout!r}")
+
+        def register(func: Callable[..., Any]) -> StepDef[Any, Any]:
+            if not callable(func):
+                raise TypeError(f"@app.step needs a function, got {func!r}")
+            step_name = name or func.__name__
+            if step_name in self.steps:
+                raise ValueError(f"a step named {step_name!r} is already registered on {self!r}")
+            step = StepDef(func, step_name, retry or RetryPolicy(), timeout)
+            self.steps[step_name] = step
+            return step
+
+        return register(fn) if fn is not None else register
+
+    # -- the store ---------------------------------------------------------------------
+
+    async def store(self) -> Store:
+        """The app's store, opened on first use."""
+        if self._store is not None and self._opened:
+            return self._store
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._store is None:
+                assert isinstance(self._store_spec, str)
+                self._store = open_store(self._store_spec)
+            if not self._opened:
+                await self._store.open()
+                self._opened = True
+                self._unsubscribe = self._store.subscribe(self._on_notice)
+        return self._store
+
+    def use_store(self, store: Store, clock: Clock | None = None) -> tuple[Store | None, bool, Clock]:
+        """Point the app at another (open) store; returns what to restore. For ``TestEnv``."""
+        previous = (self._store, self._opened, self.clock)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._store, self._opened = store, True
+        self._unsubscribe = store.subscribe(self._on_notice)
+        if clock is not None:
+            self.clock = clock
+        return previous
+
+    def restore_store(self, previous: tuple[Store | None, bool, Clock]) -> None:
+        """Undo ``use_store``."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._store, self._opened, self.clock = previous
+        if self._store is not None and self._opened:
+            self._unsubscribe = self._store.subscribe(self._on_notice)
+
+    async def close(self) -> None:
+        """Close the store, if the app opened it."""
+        if self._store is not None and self._opened:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            await self._store.close()
+            self._opened = False
+
+    def _on_notice(self, notice: Notice) -> None:
+        if notice.kind == "finished":
+            for fut in self._waiters.pop(notice.run_id, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _wait_finished(self, run_id: str, timeout: float | None) -> RunInfo:
+        store = await self.store()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        poll = 0.05
+        while True:
+            info = await store.get_run(run_id)
+            if info is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            if info.status in TERMINAL_STATUSES:
+                return info
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(run_id, []).append(fut)
+            # Notices cover this process; the poll covers workers in other processes.
+            wait = poll if deadline is None else min(poll, deadline - loop.time())
+            if wait <= 0:
+                raise TimeoutError(f"run {run_id!r} did not finish in {timeout} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, wait)
+            poll = min(poll * 2, 1.0)
+
+    # -- the client ----------------------------------------------------------------------
+
+    def _registered(self, workflow: object) -> WorkflowDef[Unpack[tuple[Any, ...]], Any]:
+        name = getattr(workflow, "name", None)
+        if not isinstance(workflow, WorkflowDef) or self.workflows.get(name or "") is not workflow:
+            raise ValueError(f"{workflow!r} is not a workflow registered on {self!r}")
+        return workflow
+
+    async def start(self, workflow: WorkflowDef[*Ts, R], *args: *Ts, run_id: str | None = None) -> RunHandle[R]:
+        """Start a run of ``workflow``; idempotent on ``run_id``.
+
+        Args:
+            workflow: a workflow registered on this app.
+            *args: its arguments, JSON values.
+            run_id: the run's id (default: a random one). If a run with this id
+                exists, it is returned and nothing new starts.
+
+        Raises:
+            SerializationError: an argument is not a JSON value; nothing is stored.
+            ValueError: the workflow is not registered here, or ``run_id`` names a
+                run of another workflow.
+        """
+        wf = self._registered(workflow)
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+        plain_args = round_trip(list(args), f"an argument of workflow {wf.name!r}")
+        run_id = run_id or uuid.uuid4().hex
+        store = await self.store()
+        now = self.clock.now()
+        data: dict[str, Any] = {"workflow": wf.name, "args": plain_args, "journal": j.FORMAT_VERSION}
+        if wf.timeout is not None:
+            data["deadline"] = now + wf.timeout.total_seconds()
+        first = Entry(1, j.WORKFLOW_STARTED, now, data)
+        info, _ = await store.create_run(NewRun(run_id, wf.name, plain_args, first))
+        if info.workflow != wf.name:
+            raise ValueError(f"run {run_id!r} already exists as a run of {info.workflow!r}, not {wf.name!r}")
+        return RunHandle(self, run_id)
+
+    def get_run(self, run_id: str) -> RunHandle[Any]:
+        """A handle on a run, without I/O; its methods raise ``RunNotFound`` for an unknown id."""
+        return RunHandle(self, run_id)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[RunInfo]:
+        """Runs, newest first, optionally filtered by workflow name and status."""
+        store = await self.store()
+        return await store.list_runs(workflow=workflow, status=status, limit=limit)
+
+    async def send_event(self, name: str, data: dict[str, Any] | None = None, *, id: str | None = None) -> str:
+        """Send an event durably; every run waiting for it wakes.
+
+        Args:
+            name: the event's name.
+            data: a JSON object.
+            id: the event's id (default: a random one); resending an id does nothing.
+
+        Returns:
+            The event's id.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"an event name must be a non-empty str, got {name!r}")
+        plain = round_trip(data or {}, f"the data of event {name!r}")
+        if not isinstance(plain, dict):
+            raise TypeError(f"event data must be a dict, got {data!r}")
+        store = await self.store()
+        event = EventRecord(id or uuid.uuid4().hex, name, plain, self.clock.now())
+        stored, _ = await store.send_event(event)
+        return stored.id
+
+    async def cancel(self, run_id: str) -> None:
+        """Ask a run to stop; a finished run is left as it is.
+
+        Raises:
+            RunNotFound: no run has this id.
+        """
+        store = await self.store()
+        if await store.request_cancel(run_id, self.clock.now()) is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+
+    def worker(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Worker]:
+        """Run a worker in the background of this process while the block runs.
+
+        Keyword arguments go to ``replay.worker.Worker``.
+        """
+        from replay.worker import Worker
+
+        @contextlib.asynccontextmanager
+        async def running() -> AsyncIterator[Worker]:
+            store = await self.store()
+            worker = Worker(self, store, self.clock, **options)
+            async with worker:
+                yield worker
+
+        return running()
+

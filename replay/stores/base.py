@@ -1,0 +1,261 @@
+"""The ``Store`` interface every backend implements, and the values it trades in.
+
+A store keeps runs, their journals, event waits and events. Its contract:
+
+- ``create_run`` is idempotent on the run id and writes the run row and its
+  ``workflow_started`` entry in one transaction.
+- A worker owns a run through ``claim``, which hands out a fresh lease token.
+  ``append`` carries that token and raises ``LeaseLost`` if another worker has
+  claimed the run since (fencing). Appended entries must continue the journal
+  exactly; the run row's status changes in the same transaction.
+- ``append`` keeps the event-wait table in step with the journal: a
+  ``wait_started`` entry registers a wait (it sees events sent after this
+  transaction), an ``event_received`` or ``wait_timed_out`` entry removes it.
+- ``send_event`` is durable and idempotent on the event id, and wakes every run
+  with a matching wait. A run that reaches a terminal status wakes its parent.
+- A run is claimable when it is ``pending``, ``suspended`` with ``wake_at`` due,
+  or ``running`` under a worker that is gone (or whose lease expired).
+- Listeners registered with ``subscribe`` hear, in this process, when a run
+  becomes claimable, has news for its owner, or finishes.
+
+``replay.testing.StoreConformance`` is the test suite that pins all of this.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import attrs
+
+from replay.journal import Entry
+
+__all__ = (
+    "ACTIVE_STATUSES",
+    "STATUSES",
+    "TERMINAL_STATUSES",
+    "Claim",
+    "EventRecord",
+    "NewRun",
+    "Notice",
+    "RunInfo",
+    "RunUpdate",
+    "Store",
+    "contains",
+)
+
+Status = Literal["pending", "running", "suspended", "completed", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = ("pending", "running", "suspended", "completed", "failed", "cancelled")
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+ACTIVE_STATUSES = frozenset({"pending", "running", "suspended"})
+
+
+@attrs.frozen
+class RunInfo:
+    """A run as the store sees it.
+
+    Attributes:
+        run_id: the run's id.
+        workflow: the workflow's registered name.
+        status: one of ``STATUSES``.
+        args: the workflow's arguments.
+        created_at: when it was started (epoch seconds).
+        updated_at: when its status last changed.
+        result: the workflow's return value, once completed.
+        error: the journaled error (type, message, traceback), once failed.
+        parent_id: the parent run's id, for a child run.
+        wake_at: when a suspended run is due to resume, if a timer is pending.
+        cancel_requested: whether a cancellation is pending or was delivered.
+    """
+
+    run_id: str
+    workflow: str
+    status: Status
+    args: list[Any]
+    created_at: float
+    updated_at: float
+    result: Any = None
+    error: dict[str, Any] | None = None
+    parent_id: str | None = None
+    wake_at: float | None = None
+    cancel_requested: bool = False
+
+
+@attrs.frozen
+class NewRun:
+    """A run to create: its row, plus its first journal entry."""
+
+    run_id: str
+    workflow: str
+    args: list[Any]
+    first: Entry
+    parent_id: str | None = None
+
+
+@attrs.frozen
+class Claim:
+    """A run a worker now owns, with the token its appends must carry."""
+
+    run_id: str
+    workflow: str
+    token: int
+    cancel_requested: bool = False
+
+
+@attrs.frozen
+class RunUpdate:
+    """Changes to the run row made in the same transaction as an append.
+
+    Attributes:
+        status: the new status, if it changes.
+        wake_at: when a suspended run should be claimed again.
+        result: the result of a completed run.
+        error: the error of a failed run.
+        release: give up ownership (suspension, completion, parking).
+        children: child runs to create (idempotently) in the same transaction.
+    """
+
+    status: Status | None = None
+    wake_at: float | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    release: bool = False
+    children: tuple[NewRun, ...] = ()
+
+
+@attrs.frozen
+class EventRecord:
+    """An event as stored: ``position`` orders every event in the store."""
+
+    id: str
+    name: str
+    data: dict[str, Any]
+    at: float
+    position: int = 0
+
+
+@attrs.frozen
+class Notice:
+    """What a store tells listeners in this process.
+
+    ``kind`` is ``"ready"`` (the run can be claimed), ``"news"`` (its owner should
+    look at its waits, children or cancellation) or ``"finished"``.
+    """
+
+    kind: Literal["ready", "news", "finished"]
+    run_id: str
+
+
+def contains(data: Any, match: Any) -> bool:
+    """Whether ``data`` contains ``match``: equal, or a dict holding each key recursively."""
+    if isinstance(match, dict):
+        if not isinstance(data, dict):
+            return False
+        return all(k in data and contains(data[k], v) for k, v in match.items())
+    return bool(data == match)
+
+
+class Store(abc.ABC):
+    """A durable home for runs, journals, waits and events. See the module docstring."""
+
+    url: str = ""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[Notice], None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and migrate; called once before any other method."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""
+
+    def subscribe(self, listener: Callable[[Notice], None]) -> Callable[[], None]:
+        """Call ``listener`` on every notice; returns a function that unsubscribes."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def notify(self, kind: Literal["ready", "news", "finished"], run_id: str) -> None:
+        """Tell this process's listeners about a run."""
+        notice = Notice(kind, run_id)
+        for listener in list(self._listeners):
+            listener(notice)
+
+    # -- clients -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_run(self, run: NewRun) -> tuple[RunInfo, bool]:
+        """Create a run unless one has that id; returns it and whether it is new."""
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        """The run with that id, if any."""
+
+    @abc.abstractmethod
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[RunInfo]:
+        """Runs, newest first, filtered by workflow, status and creation time."""
+
+    @abc.abstractmethod
+    async def read_journal(self, run_id: str) -> list[Entry]:
+        """A run's journal, in order (empty for an unknown run)."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, run_id: str, at: float) -> RunInfo | None:
+        """Flag a run for cancellation and wake it; None for an unknown run."""
+
+    @abc.abstractmethod
+    async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
+        """Store an event (idempotent on its id) and wake the runs waiting for it.
+
+        Returns:
+            The stored event, with its position, and whether it is new.
+        """
+
+    # -- workers -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_worker(self, worker_id: str) -> None:
+        """Announce a live worker."""
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """A worker stops; runs it still owns become claimable at once."""
+
+    @abc.abstractmethod
+    async def claim(
+        self, worker_id: str, workflows: Sequence[str], now: float, limit: int
+    ) -> list[Claim]:
+        """Take ownership of up to ``limit`` claimable runs of these workflows."""
+
+    @abc.abstractmethod
+    async def append(
+        self, run_id: str, token: int, entries: Sequence[Entry], update: RunUpdate | None = None
+    ) -> None:
+        """Append entries to an owned run's journal and apply ``update``, atomically.
+
+        Raises:
+            LeaseLost: ``token`` is not the run's current token.
+        """
+
+    @abc.abstractmethod
+    async def poll_waits(self, run_id: str) -> list[tuple[int, EventRecord]]:
+        """For each open wait of the run, the first matching event, if one arrived.
+
+        An event matches a wait when its name equals the wait's, its data contains
+        the wait's match, it was sent after the wait was registered and, for a wait
+        with a timeout, no later than ``timeout_at``.
+        """
+
+    @abc.abstractmethod
+    async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
+        """The earliest ``wake_at`` among suspended runs of these workflows."""

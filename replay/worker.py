@@ -1,0 +1,303 @@
+"""The worker: claims runs, drives them, runs their steps.
+
+``async with app.worker():`` runs one in the background of the caller's event
+loop; ``replay worker module:app`` runs one as a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import random
+import uuid
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+from replay._runner import RunDriver
+from replay.errors import NonRetryableError
+from replay.stores.base import ACTIVE_STATUSES, Claim, Notice, Store
+
+if TYPE_CHECKING:
+    from replay._instance import StepOp
+    from replay.app import App
+    from replay.clock import Clock, TimerHandle
+
+__all__ = ("StepInfo", "Worker", "current_step")
+
+log = logging.getLogger("replay.worker")
+
+
+@attrs.frozen
+class StepInfo:
+    """What a running step can know about itself (see ``current_step``).
+
+    Attributes:
+        run_id: the run the step belongs to.
+        seq: the step's position in the run's journal.
+        name: the step's name.
+        attempt: which attempt this is, from 1.
+        idempotency_key: ``"run_id:seq"``, the same on every attempt: pass it to
+            external services so that a retried call is not done twice.
+    """
+
+    run_id: str
+    seq: int
+    name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"run_id:seq"``: stable across attempts and restarts."""
+        return f"{self.run_id}:{self.seq}"
+
+
+_current_step: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar("replay_step", default=None)
+
+
+def current_step() -> StepInfo | None:
+    """Inside a step: which run, step and attempt is running. Elsewhere: None."""
+    return _current_step.get()
+
+
+class Activity:
+    """Counts work in flight, so tests can wait until a worker is idle."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def inc(self, n: int = 1) -> None:
+        """More work."""
+        self.count += n
+        self.idle.clear()
+
+    def dec(self, n: int = 1) -> None:
+        """Work done."""
+        self.count -= n
+        if self.count <= 0:
+            self.idle.set()
+
+
+class Worker:
+    """Claims runs of its app's workflows from the store and drives them.
+
+    Args:
+        app: the app whose workflows it runs.
+        store: an open store.
+        clock: the time source.
+        worker_id: a unique id (default: random).
+        max_runs: the most runs it keeps hot at once.
+        keep_hot: a run with no step running stays in memory if its next timer
+            is due within this many seconds; otherwise it is suspended and evicted.
+        poll_interval: also look for claimable runs this often (seconds), for
+            stores whose other processes cannot notify this one; None for never.
+        seed: seed for retry jitter (tests).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        clock: Clock,
+        *,
+        worker_id: str | None = None,
+        max_runs: int = 10_000,
+        keep_hot: float = 1.0,
+        poll_interval: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.clock = clock
+        self.worker_id = worker_id or f"{app.name}-{uuid.uuid4().hex[:12]}"
+        self.max_runs = max_runs
+        self.keep_hot = keep_hot
+        self.poll_interval = poll_interval
+        self.rng = random.Random(seed)
+        self.activity = Activity()
+        self.drivers: dict[str, RunDriver] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake_pending = False
+        self._wake_event = asyncio.Event()
+        self._wake_timer: TimerHandle | None = None
+        self._wake_timer_at: float | None = None
+        self._claim_task: asyncio.Task[None] | None = None
+        self._unsubscribe: Any = None
+        self._names: tuple[str, ...] = ()
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register with the store and start claiming runs."""
+        self._names = tuple(self.app.workflows)
+        await self.store.register_worker(self.worker_id)
+        self._unsubscribe = self.store.subscribe(self._on_notice)
+        await self._report_unknown()
+        self.activity.inc()  # the first claim pass
+        self._claim_task = asyncio.create_task(self._claim_loop(), name=f"{self.worker_id}:claim")
+
+    async def stop(self) -> None:
+        """Stop: drop hot runs (steps in flight will run again elsewhere) and unregister."""
+        self.halt()
+        await asyncio.sleep(0)  # let cancelled tasks unwind
+        await self.store.unregister_worker(self.worker_id)
+
+    def halt(self) -> None:
+        """Stop at once, writing nothing more: what a process death looks like."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+        if self._claim_task is not None:
+            self._claim_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for driver in list(self.drivers.values()):
+            for step in driver.running.values():
+                step.cancel()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is running or ready to run."""
+        while self.activity.count > 0:
+            await self.activity.idle.wait()
+
+    async def _report_unknown(self) -> None:
+        for status in ACTIVE_STATUSES:
+            for info in await self.store.list_runs(status=status, limit=1000):
+                if info.workflow not in self.app.workflows:
+                    log.warning(
+                        "run %s is %s but its workflow %r is not registered on %r; "
+                        "it is left untouched until a worker that knows it runs",
+                        info.run_id,
+                        info.status,
+                        info.workflow,
+                        self.app,
+                    )
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    def _on_notice(self, notice: Notice) -> None:
+        if notice.kind == "news":
+            driver = self.drivers.get(notice.run_id)
+            if driver is not None:
+                from replay._runner import News
+
+                driver.post(News())
+                return
+        if notice.kind in ("ready", "news"):
+            self._wake()
+
+    def _wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.activity.inc()
+            self._wake_event.set()
+
+    async def _claim_loop(self) -> None:
+        while True:
+            try:
+                await self._claim_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("claiming runs failed; trying again")
+                await asyncio.sleep(0.5)
+            if self._wake_pending:
+                self._wake_pending = False
+                self.activity.dec()
+                continue
+            self._wake_event.clear()
+            self.activity.dec()
+            if self.poll_interval is None:
+                await self._wake_event.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._wake_event.wait(), self.poll_interval)
+                except TimeoutError:
+                    self._wake()
+            self._wake_pending = False
+
+    async def _claim_pass(self) -> None:
+        batch = 100
+        while True:
+            free = self.max_runs - len(self.drivers)
+            if free <= 0:
+                return
+            claims = await self.store.claim(self.worker_id, self._names, self.clock.now(), min(free, batch))
+            for claim in claims:
+                self._start_driver(claim)
+            if len(claims) < min(free, batch):
+                break
+        wake = await self.store.next_wake_at(self._names)
+        if wake != self._wake_timer_at:
+            if self._wake_timer is not None:
+                self._wake_timer.cancel()
+            self._wake_timer = None if wake is None else self.clock.call_at(wake, self._on_wake_timer)
+            self._wake_timer_at = wake
+
+    def _on_wake_timer(self) -> None:
+        self._wake_timer = None
+        self._wake_timer_at = None
+        self._wake()
+
+    def _start_driver(self, claim: Claim) -> None:
+        old = self.drivers.get(claim.run_id)
+        if old is not None:
+            # Claimed again while still hot here: the old lease is void, drop it.
+            for step in old.running.values():
+                step.cancel()
+        driver = RunDriver(self, claim)
+        self.drivers[claim.run_id] = driver
+        self.activity.inc()
+        task = asyncio.create_task(driver.run(), name=f"{self.worker_id}:{claim.run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, driver: RunDriver) -> None:
+        """A driver is done with its run."""
+        if self.drivers.get(driver.run_id) is driver:
+            del self.drivers[driver.run_id]
+            self._wake()  # a slot is free, and the run may be claimable again
+
+    # -- steps ------------------------------------------------------------------------------
+
+    async def execute_step(self, run_id: str, op: StepOp, attempt: int) -> Any:
+        """Run one attempt of a step, with its timeout, in this process."""
+        fn = getattr(op.step, "fn", op.step)
+        if fn is None:
+            raise LookupError(f"step {op.name!r} is not known to this worker")
+        token = _current_step.set(StepInfo(run_id, op.seq, op.name, attempt))
+        try:
+            call = functools.partial(fn, *op.args, **op.kwargs)
+            if inspect.iscoroutinefunction(fn):
+                if op.timeout is None:
+                    return await call()
+                async with asyncio.timeout(op.timeout):
+                    return await call()
+            with anyio.fail_after(op.timeout):
+                return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        finally:
+            _current_step.reset(token)
+
+    def retryable(self, op: StepOp, exc: BaseException) -> bool:
+        """Whether a step attempt that raised ``exc`` may be retried."""
+        if isinstance(exc, NonRetryableError):
+            return False
+        return not (op.retry.non_retryable and isinstance(exc, op.retry.non_retryable))
