@@ -21,11 +21,12 @@ makes replay cost microseconds per step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from asyncio import events
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
@@ -48,7 +49,7 @@ class StepOp:
 
     seq: int
     name: str
-    step: StepDef[Any, Any] | None
+    step: Callable[..., Any] | None
     args: list[Any]
     kwargs: dict[str, Any]
     retry: RetryPolicy
@@ -93,7 +94,7 @@ class ChildOp:
 Op = StepOp | TimerOp | WaitOp | ChildOp
 
 
-class InstanceClosed(BaseException):  # noqa: N818 - a signal, not an error
+class InstanceClosed(BaseException):
     """Raised into workflow code that runs while its instance is being closed."""
 
 
@@ -153,9 +154,8 @@ class Instance:
         self._patches: dict[str, bool] = {}
         self.closed = False
         self.ctx: Context = Context(self)
-        self.root: asyncio.Task[Any] = self.loop.create_task(
-            workflow.fn(self.ctx, *self.args), name=f"{run_id}:main"
-        )
+        coro = cast(Coroutine[Any, Any, Any], workflow.fn(self.ctx, *self.args))
+        self.root: asyncio.Task[Any] = self.loop.create_task(coro, name=f"{run_id}:main")
 
     @property
     def replaying(self) -> bool:
@@ -271,7 +271,7 @@ class Instance:
     def issue_step(
         self,
         name: str,
-        step: StepDef[Any, Any] | None,
+        step: Callable[..., Any] | None,
         args: list[Any],
         kwargs: dict[str, Any],
         retry: RetryPolicy,
@@ -429,38 +429,42 @@ class Instance:
                 self._apply_retry(op, entry)
                 return
             del self.ops[seq]
-            fut = op.future
-            if fut is not None and fut.done():
-                return  # the workflow cancelled its await; the result is journaled all the same
-            if kind == j.STEP_COMPLETED:
-                fut.set_result(data["result"])  # type: ignore[union-attr]
-            elif kind == j.STEP_FAILED:
-                err = data["error"]
-                fut.set_exception(  # type: ignore[union-attr]
-                    StepFailed(op.name, err["type"], err["message"], err.get("traceback", ""), data["attempt"])  # type: ignore[union-attr]
-                )
-            elif kind == j.TIMER_FIRED:
-                if fut is not None:
-                    fut.set_result(None)
-                elif isinstance(op, TimerOp) and op.handle is not None:
-                    self._loop_timers.pop(op.handle, None)
-                    self.loop.fire(op.handle)
-            elif kind == j.EVENT_RECEIVED:
-                from replay.app import Event
-
-                ev = data["event"]
-                fut.set_result(Event(ev["id"], ev["name"], ev["data"], ev["at"]))  # type: ignore[union-attr]
-            elif kind == j.WAIT_TIMED_OUT:
-                fut.set_result(None)  # type: ignore[union-attr]
-            elif kind == j.CHILD_COMPLETED:
-                if data["status"] == "completed":
-                    fut.set_result(data["result"])  # type: ignore[union-attr]
-                else:
-                    fut.set_exception(error_from_data(data["error"]))  # type: ignore[union-attr]
+            if isinstance(op, TimerOp) and op.handle is not None:
+                self._loop_timers.pop(op.handle, None)
+                self.loop.fire(op.handle)
             else:
-                raise ReplayInternalError(f"cannot deliver a {kind} entry")
+                self._resolve(op, entry)
         if run:
             self._run()
+
+    def _resolve(self, op: Op, entry: Entry) -> None:
+        fut: asyncio.Future[Any] | None = op.future
+        if fut is None or fut.done():
+            return  # the workflow cancelled its await; the outcome is journaled all the same
+        kind = entry.kind
+        data = entry.data
+        if kind == j.STEP_COMPLETED:
+            fut.set_result(data["result"])
+        elif kind == j.STEP_FAILED:
+            err = data["error"]
+            name = op.name if isinstance(op, StepOp) else "?"
+            fut.set_exception(
+                StepFailed(name, err["type"], err["message"], err.get("traceback", ""), data["attempt"])
+            )
+        elif kind in (j.TIMER_FIRED, j.WAIT_TIMED_OUT):
+            fut.set_result(None)
+        elif kind == j.EVENT_RECEIVED:
+            from replay.app import Event
+
+            ev = data["event"]
+            fut.set_result(Event(ev["id"], ev["name"], ev["data"], ev["at"]))
+        elif kind == j.CHILD_COMPLETED:
+            if data["status"] == "completed":
+                fut.set_result(data["result"])
+            else:
+                fut.set_exception(error_from_data(data["error"]))
+        else:
+            raise ReplayInternalError(f"cannot deliver a {kind} entry")
 
     def _finish(self) -> None:
         root = self.root
@@ -521,10 +525,9 @@ class Instance:
         events._set_running_loop(self.loop)
         try:
             for task in tasks:
-                try:
-                    task.get_coro().close()  # type: ignore[union-attr]
-                except BaseException:  # noqa: BLE001, S110 - whatever the coroutine does on close, it is gone
-                    pass
+                # Whatever the coroutine does on close, it is gone.
+                with contextlib.suppress(BaseException):
+                    task.get_coro().close()
         finally:
             events._set_running_loop(previous)
             self.loop.close()

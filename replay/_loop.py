@@ -59,8 +59,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         try:
             while ready:
                 handle = ready.popleft()
-                if not handle._cancelled:  # type: ignore[attr-defined]
-                    handle._run()  # type: ignore[attr-defined]
+                if not handle._cancelled:
+                    handle._run()
         finally:
             self._running = False
             events._set_running_loop(previous)
@@ -84,14 +84,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         """Journal time: when the latest delivered entry was journaled."""
         return self._time
 
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
     ) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
-    def call_later(
+    def call_later(  # type: ignore[override]
         self,
         delay: float,
         callback: Callable[..., object],
@@ -100,7 +100,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     ) -> asyncio.TimerHandle:
         return self.call_at(self._time + delay, callback, *args, context=context)
 
-    def call_at(
+    def call_at(  # type: ignore[override]
         self,
         when: float,
         callback: Callable[..., object],
@@ -120,7 +120,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
 
-    def create_task(  # type: ignore[override]
+    def create_task(
         self,
         coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
         *,
@@ -187,10 +187,10 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def stop(self) -> None:
         self._forbidden("stop the event loop")
 
-    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         self._forbidden("use threads")
 
-    def run_in_executor(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def run_in_executor(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         self._forbidden("run code in a thread or process executor")
 
     def set_default_executor(self, executor: object) -> NoReturn:
@@ -238,13 +238,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     async def subprocess_exec(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._forbidden("start subprocesses")
 
-    def add_reader(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def add_reader(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         self._forbidden("watch file descriptors")
 
     def remove_reader(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._forbidden("watch file descriptors")
 
-    def add_writer(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def add_writer(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         self._forbidden("watch file descriptors")
 
     def remove_writer(self, *args: Any, **kwargs: Any) -> NoReturn:
@@ -277,7 +277,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     async def sock_sendfile(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._forbidden("use sockets")
 
-    def add_signal_handler(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def add_signal_handler(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         self._forbidden("handle signals")
 
     def remove_signal_handler(self, *args: Any, **kwargs: Any) -> NoReturn:

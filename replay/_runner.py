@@ -214,7 +214,9 @@ class RunDriver:
         if not isinstance(op, StepOp):
             return None  # the run no longer waits for it
         if isinstance(item, StepDone):
-            return inst.alloc(j.STEP_COMPLETED, {"op": item.seq, "attempt": item.attempt, "result": item.result})
+            return inst.alloc(
+                j.STEP_COMPLETED, {"op": item.seq, "attempt": item.attempt, "result": item.result}
+            )
         data: dict[str, Any] = {"op": item.seq, "attempt": item.attempt, "error": item.error}
         if item.retryable and item.attempt < op.retry.max_attempts:
             data["retry_at"] = self.clock.now() + op.retry.delay(item.attempt, self.worker.rng.random())
@@ -235,7 +237,10 @@ class RunDriver:
                     if child.status == "completed":
                         data["result"] = child.result
                     else:
-                        data["error"] = child.error or {"type": "Cancelled", "message": "the child run was cancelled"}
+                        data["error"] = child.error or {
+                            "type": "Cancelled",
+                            "message": "the child run was cancelled",
+                        }
                     found.append(inst.alloc(j.CHILD_COMPLETED, data))
         if not inst.cancel_requested:
             info = await self.store.get_run(self.run_id)
@@ -310,7 +315,9 @@ class RunDriver:
 
     def _start_step(self, op: StepOp) -> None:
         self.worker.activity.inc()
-        self.running[op.seq] = asyncio.create_task(self._execute(op), name=f"{self.run_id}:{op.seq}:{op.name}")
+        self.running[op.seq] = asyncio.create_task(
+            self._execute(op), name=f"{self.run_id}:{op.seq}:{op.name}"
+        )
 
     async def _execute(self, op: StepOp) -> None:
         attempt = op.attempts + 1
@@ -320,7 +327,7 @@ class RunDriver:
                 item: Item = StepDone(op.seq, attempt, round_trip(result, f"the result of step {op.name!r}"))
             except SerializationError as exc:
                 item = StepError(op.seq, attempt, j.error_data(exc), retryable=False)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a step's failure is journaled, whatever it is
                 item = StepError(op.seq, attempt, j.error_data(exc), self.worker.retryable(op, exc))
             self.running.pop(op.seq, None)
             self.post(item)

@@ -9,14 +9,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, Unpack, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, overload
 
 import attrs
 
 from replay import journal as j
 from replay._loop import current_instance
 from replay.clock import Clock, SystemClock
-from replay.errors import ReplayError, RunNotFound, error_from_data
+from replay.errors import RunNotFound, error_from_data
 from replay.journal import Entry, round_trip
 from replay.policies import RetryPolicy
 from replay.stores import open_store
@@ -53,7 +53,7 @@ class Event:
     at: float
 
 
-class WorkflowDef(Generic[Unpack[Ts], R]):
+class WorkflowDef(Generic[*Ts, R]):
     """A workflow registered with ``@app.workflow``; pass it to ``app.start``.
 
     Attributes:
@@ -93,9 +93,7 @@ class StepDef(Generic[P, R]):
         timeout: the longest one attempt may take.
     """
 
-    def __init__(
-        self, fn: Callable[P, R], name: str, retry: RetryPolicy, timeout: timedelta | None
-    ) -> None:
+    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy, timeout: timedelta | None) -> None:
         self.fn = fn
         self.step_name = name
         self.retry = retry
@@ -188,7 +186,7 @@ class App:
             raise ValueError(f"an app needs a non-empty name, got {name!r}")
         self.name = name
         self.clock: Clock = clock or SystemClock()
-        self.workflows: dict[str, WorkflowDef[Unpack[tuple[Any, ...]], Any]] = {}
+        self.workflows: dict[str, WorkflowDef[*tuple[Any, ...], Any]] = {}
         self.steps: dict[str, StepDef[Any, Any]] = {}
         self._store_spec: str | Store = store or os.environ.get("REPLAY_STORE") or DEFAULT_STORE
         self._store: Store | None = store if isinstance(store, Store) else None
@@ -210,7 +208,7 @@ class App:
         self, *, name: str | None = None, timeout: timedelta | None = None
     ) -> Callable[[Callable[[Context, *Ts], Awaitable[R]]], WorkflowDef[*Ts, R]]: ...
 
-    def workflow(
+    def workflow(  # type: ignore[misc]
         self,
         fn: Callable[..., Awaitable[Any]] | None = None,
         /,
@@ -220,20 +218,23 @@ class App:
     ) -> Any:
         """Register an ``async def (ctx, *args)`` as a workflow.
 
+        Use it bare (``@app.workflow``) or with options (``@app.workflow(timeout=...)``).
+
         Args:
+            fn: the workflow function, when used bare.
             name: the name runs are stored under (default: the function's name).
             timeout: fail a run with ``WorkflowTimeout`` this long after it starts.
         """
         if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
             raise ValueError(f"timeout must be a positive timedelta, got {timeout!r}")
 
-        def register(func: Callable[..., Awaitable[Any]]) -> WorkflowDef[Unpack[tuple[Any, ...]], Any]:
+        def register(func: Callable[..., Awaitable[Any]]) -> WorkflowDef[*tuple[Any, ...], Any]:
             if not inspect.iscoroutinefunction(func):
                 raise TypeError(f"@app.workflow needs an async def, got {func!r}")
             wf_name = name or func.__name__
             if wf_name in self.workflows:
                 raise ValueError(f"a workflow named {wf_name!r} is already registered on {self!r}")
-            wf: WorkflowDef[Unpack[tuple[Any, ...]], Any] = WorkflowDef(self, func, wf_name, timeout)
+            wf: WorkflowDef[*tuple[Any, ...], Any] = WorkflowDef(self, func, wf_name, timeout)
             self.workflows[wf_name] = wf
             return wf
 
@@ -251,7 +252,7 @@ class App:
         timeout: timedelta | None = None,
     ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
 
-    def step(
+    def step(  # type: ignore[misc]
         self,
         fn: Callable[..., Any] | None = None,
         /,
@@ -262,7 +263,10 @@ class App:
     ) -> Any:
         """Register a sync or async function as a step.
 
+        Use it bare (``@app.step``) or with options (``@app.step(retry=...)``).
+
         Args:
+            fn: the step function, when used bare.
             name: the name results are journaled under (default: the function's name).
             retry: how failures are retried (default: ``RetryPolicy()``).
             timeout: the longest one attempt may take.
@@ -360,13 +364,15 @@ class App:
 
     # -- the client ----------------------------------------------------------------------
 
-    def _registered(self, workflow: object) -> WorkflowDef[Unpack[tuple[Any, ...]], Any]:
+    def _registered(self, workflow: object) -> WorkflowDef[*tuple[Any, ...], Any]:
         name = getattr(workflow, "name", None)
         if not isinstance(workflow, WorkflowDef) or self.workflows.get(name or "") is not workflow:
             raise ValueError(f"{workflow!r} is not a workflow registered on {self!r}")
         return workflow
 
-    async def start(self, workflow: WorkflowDef[*Ts, R], *args: *Ts, run_id: str | None = None) -> RunHandle[R]:
+    async def start(
+        self, workflow: WorkflowDef[*Ts, R], *args: *Ts, run_id: str | None = None
+    ) -> RunHandle[R]:
         """Start a run of ``workflow``; idempotent on ``run_id``.
 
         Args:
@@ -411,7 +417,9 @@ class App:
         store = await self.store()
         return await store.list_runs(workflow=workflow, status=status, limit=limit)
 
-    async def send_event(self, name: str, data: dict[str, Any] | None = None, *, id: str | None = None) -> str:
+    async def send_event(
+        self, name: str, data: dict[str, Any] | None = None, *, id: str | None = None
+    ) -> str:
         """Send an event durably; every run waiting for it wakes.
 
         Args:
@@ -457,4 +465,3 @@ class App:
                 yield worker
 
         return running()
-

@@ -102,7 +102,7 @@ class Context:
         timeout: timedelta | None = None,
     ) -> asyncio.Future[T]: ...
 
-    def step(
+    def step(  # type: ignore[misc]
         self,
         fn: Callable[..., Any],
         *args: Any,
@@ -195,7 +195,9 @@ class Context:
             timeout_at = self._instance.loop.time() + _seconds(timeout, "timeout")
         return self._instance.issue_wait(name, plain_match, timeout_at)
 
-    def child(self, workflow: WorkflowDef[Any, T], *args: Any, run_id: str | None = None) -> asyncio.Future[T]:
+    def child(
+        self, workflow: WorkflowDef[Any, T], *args: Any, run_id: str | None = None
+    ) -> asyncio.Future[T]:
         """Start a child run of ``workflow`` and wait for its result.
 
         Args:

@@ -64,9 +64,7 @@ class StepFailed(ReplayError):
         attempts: how many times the step ran.
     """
 
-    def __init__(
-        self, step: str, type_name: str, message: str, traceback: str, attempts: int
-    ) -> None:
+    def __init__(self, step: str, type_name: str, message: str, traceback: str, attempts: int) -> None:
         super().__init__(f"step {step!r} failed after {attempts} attempt(s): {type_name}: {message}")
         self.step = step
         self.type_name = type_name

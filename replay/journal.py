@@ -64,16 +64,20 @@ COMMAND_KINDS: Final = frozenset(
 )
 #: Entries that end a run.
 TERMINAL_KINDS: Final = frozenset({WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED})
-ALL_KINDS: Final = COMMAND_KINDS | TERMINAL_KINDS | {
-    WORKFLOW_STARTED,
-    STEP_COMPLETED,
-    STEP_FAILED,
-    TIMER_FIRED,
-    EVENT_RECEIVED,
-    WAIT_TIMED_OUT,
-    CHILD_COMPLETED,
-    CANCEL_REQUESTED,
-}
+ALL_KINDS: Final = (
+    COMMAND_KINDS
+    | TERMINAL_KINDS
+    | {
+        WORKFLOW_STARTED,
+        STEP_COMPLETED,
+        STEP_FAILED,
+        TIMER_FIRED,
+        EVENT_RECEIVED,
+        WAIT_TIMED_OUT,
+        CHILD_COMPLETED,
+        CANCEL_REQUESTED,
+    }
+)
 
 
 @attrs.frozen
@@ -200,8 +204,10 @@ def error_data(exc: BaseException) -> dict[str, Any]:
             "attempts": exc.attempts,
         }
     kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ in ("builtins", "replay.errors") else (
-        f"{kind.__module__}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__
+        if kind.__module__ in ("builtins", "replay.errors")
+        else (f"{kind.__module__}.{kind.__qualname__}")
     )
     text = "".join(tb_module.format_exception(kind, exc, exc.__traceback__))
     return {"type": name, "message": str(exc), "traceback": text}

@@ -232,9 +232,7 @@ class Store(abc.ABC):
         """A worker stops; runs it still owns become claimable at once."""
 
     @abc.abstractmethod
-    async def claim(
-        self, worker_id: str, workflows: Sequence[str], now: float, limit: int
-    ) -> list[Claim]:
+    async def claim(self, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
         """Take ownership of up to ``limit`` claimable runs of these workflows."""
 
     @abc.abstractmethod

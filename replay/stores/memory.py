@@ -204,7 +204,9 @@ class MemoryStore(Store):
         waits = self._waits.setdefault(run_id, {})
         for e in entries:
             if e.kind == j.WAIT_STARTED:
-                waits[e.seq] = _Wait(e.data["name"], e.data["match"], len(self._events), e.data.get("timeout_at"))
+                waits[e.seq] = _Wait(
+                    e.data["name"], e.data["match"], len(self._events), e.data.get("timeout_at")
+                )
             elif e.kind in (j.EVENT_RECEIVED, j.WAIT_TIMED_OUT):
                 waits.pop(e.data["op"], None)
             elif e.kind == j.CHILD_STARTED:
@@ -243,9 +245,7 @@ class MemoryStore(Store):
             parent = self._runs.get(run.info.parent_id or "")
             if parent is not None:
                 self._wake(parent, at)
-        elif status == "suspended" and run.info.wake_at is not None:
-            self.notify("ready", run.info.run_id)
-        elif status == "pending":
+        elif (status == "suspended" and run.info.wake_at is not None) or status == "pending":
             self.notify("ready", run.info.run_id)
 
     def _has_news(self, run: _Run) -> bool:

@@ -18,8 +18,7 @@ __all__ = ("TestEnv",)
 
 
 class TestEnv:
-    """An async context manager in which ``app`` runs on a fresh memory store and a
-    virtual clock, with a worker in the background.
+    """Runs ``app`` on a fresh memory store and a virtual clock, with a background worker.
 
     Tests call ``app.start(...)`` as production code does, move time with
     ``advance`` and simulate a process death with ``crash``; nothing sleeps.
@@ -104,8 +103,10 @@ class TestEnv:
         await self.idle()
 
     async def crash(self) -> None:
-        """Throw away every in-memory instance and the worker, as a process death
-        would, then start a fresh worker on the same store."""
+        """Simulate a process death, then start a fresh worker on the same store.
+
+        Every in-memory instance, buffered entry and step in flight is thrown away.
+        """
         old = self.worker
         old.halt()
         self._worker = None
