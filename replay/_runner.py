@@ -77,9 +77,12 @@ class RunDriver:
         self._timer: TimerHandle | None = None
         self._timer_at: float | None = None
         self.finished = False
+        self.closed = False
 
     def post(self, item: Item) -> None:
         """Hand the driver something to journal; safe from any task or callback."""
+        if self.closed:
+            return  # a step that outlived its driver: its outcome is not journaled here
         self.worker.activity.inc()
         self.inbox.append(item)
         self.signal.set()
@@ -98,6 +101,7 @@ class RunDriver:
             self._cleanup()
 
     def _cleanup(self) -> None:
+        self.closed = True
         for task in self.running.values():
             task.cancel()
         self.running.clear()
@@ -186,18 +190,21 @@ class RunDriver:
         assert inst is not None
         completions: list[Entry] = []
         restart: list[StepOp] = []
+        done: set[int] = set()  # ops given a completion in this batch: one each
         for item in items:
-            if isinstance(item, StepDone | StepError):
+            if isinstance(item, StepDone | StepError) and item.seq not in done:
                 entry = self._step_entry(inst, item)
                 if entry is not None:
                     completions.append(entry)
-            elif isinstance(item, News):
-                completions.extend(await self._news(inst))
-            else:
-                if inst.deadline is not None and inst.deadline <= self.clock.now():
-                    await self._timed_out()
-                    return
-                completions.extend(await self._due(inst, restart))
+                    if "retry_at" not in entry.data:
+                        done.add(item.seq)
+        if any(isinstance(item, Tick) for item in items):
+            if inst.deadline is not None and inst.deadline <= self.clock.now():
+                await self._timed_out()
+                return
+            completions.extend(await self._due(inst, restart, done))
+        if any(isinstance(item, News) for item in items):
+            completions.extend(await self._news(inst, done))
         if completions:
             entries = inst.take_buffer() + completions
             await self.store.append(self.run_id, self.claim.token, entries)
@@ -222,17 +229,19 @@ class RunDriver:
             data["retry_at"] = self.clock.now() + op.retry.delay(item.attempt, self.worker.rng.random())
         return inst.alloc(j.STEP_FAILED, data)
 
-    async def _news(self, inst: Instance) -> list[Entry]:
+    async def _news(self, inst: Instance, done: set[int]) -> list[Entry]:
         found: list[Entry] = []
-        if any(isinstance(op, WaitOp) for op in inst.ops.values()):
+        if any(isinstance(op, WaitOp) and op.seq not in done for op in inst.ops.values()):
             for seq, event in await self.store.poll_waits(self.run_id):
-                if isinstance(inst.ops.get(seq), WaitOp):
+                if isinstance(inst.ops.get(seq), WaitOp) and seq not in done:
+                    done.add(seq)
                     ev = {"id": event.id, "name": event.name, "data": event.data, "at": event.at}
                     found.append(inst.alloc(j.EVENT_RECEIVED, {"op": seq, "event": ev}))
         for op in list(inst.ops.values()):
-            if isinstance(op, ChildOp):
+            if isinstance(op, ChildOp) and op.seq not in done:
                 child = await self.store.get_run(op.run_id)
                 if child is not None and child.status in TERMINAL_STATUSES:
+                    done.add(op.seq)
                     data: dict[str, Any] = {"op": op.seq, "run_id": op.run_id, "status": child.status}
                     if child.status == "completed":
                         data["result"] = child.result
@@ -248,12 +257,15 @@ class RunDriver:
                 found.append(inst.alloc(j.CANCEL_REQUESTED, {}))
         return found
 
-    async def _due(self, inst: Instance, restart: list[StepOp]) -> list[Entry]:
+    async def _due(self, inst: Instance, restart: list[StepOp], done: set[int]) -> list[Entry]:
         now = self.clock.now()
         found: list[Entry] = []
         timed_out: list[WaitOp] = []
         for op in list(inst.ops.values()):
+            if op.seq in done:
+                continue
             if isinstance(op, TimerOp) and op.due <= now:
+                done.add(op.seq)
                 found.append(inst.alloc(j.TIMER_FIRED, {"op": op.seq}))
             elif isinstance(op, StepOp) and op.retry_at is not None and op.retry_at <= now:
                 if op.seq not in self.running:
@@ -265,6 +277,7 @@ class RunDriver:
             # An event that arrived in time wins over the timeout.
             arrived = {seq: event for seq, event in await self.store.poll_waits(self.run_id)}
             for op in timed_out:
+                done.add(op.seq)
                 event = arrived.get(op.seq)
                 if event is not None:
                     ev = {"id": event.id, "name": event.name, "data": event.data, "at": event.at}
@@ -314,6 +327,8 @@ class RunDriver:
         return NewRun(op.run_id, op.workflow, op.args, first, parent_id=self.run_id)
 
     def _start_step(self, op: StepOp) -> None:
+        if op.seq in self.running:
+            return
         self.worker.activity.inc()
         self.running[op.seq] = asyncio.create_task(
             self._execute(op), name=f"{self.run_id}:{op.seq}:{op.name}"

@@ -13,6 +13,7 @@ import inspect
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,7 @@ class Worker:
         poll_interval: also look for claimable runs this often (seconds), for
             stores whose other processes cannot notify this one; None for never.
         seed: seed for retry jitter (tests).
+        on_step: called as each step attempt starts (tests count executions with it).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class Worker:
         keep_hot: float = 1.0,
         poll_interval: float | None = None,
         seed: int | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
     ) -> None:
         self.app = app
         self.store = store
@@ -121,6 +124,7 @@ class Worker:
         self.keep_hot = keep_hot
         self.poll_interval = poll_interval
         self.rng = random.Random(seed)
+        self.on_step = on_step
         self.activity = Activity()
         self.drivers: dict[str, RunDriver] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -151,6 +155,7 @@ class Worker:
         await self._report_unknown()
         self.activity.inc()  # the first claim pass
         self._claim_task = asyncio.create_task(self._claim_loop(), name=f"{self.worker_id}:claim")
+        self._claim_task.add_done_callback(self._task_done)
 
     async def stop(self) -> None:
         """Stop: drop hot runs (steps in flight will run again elsewhere) and unregister."""
@@ -268,7 +273,12 @@ class Worker:
         self.activity.inc()
         task = asyncio.create_task(driver.run(), name=f"{self.worker_id}:{claim.run_id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # a simulated process death ends tasks this way; it is not news
 
     def forget(self, driver: RunDriver) -> None:
         """A driver is done with its run."""
@@ -283,7 +293,10 @@ class Worker:
         fn = getattr(op.step, "fn", op.step)
         if fn is None:
             raise LookupError(f"step {op.name!r} is not known to this worker")
-        token = _current_step.set(StepInfo(run_id, op.seq, op.name, attempt))
+        info = StepInfo(run_id, op.seq, op.name, attempt)
+        if self.on_step is not None:
+            self.on_step(info)
+        token = _current_step.set(info)
         try:
             call = functools.partial(fn, *op.args, **op.kwargs)
             if inspect.iscoroutinefunction(fn):

@@ -11,6 +11,7 @@ __all__ = ("Store", "open_store")
 # scheme -> (module, class); imported only when used, so optional drivers stay optional.
 _BACKENDS = {
     "memory": ("replay.stores.memory", "MemoryStore"),
+    "sqlite": ("replay.stores.sqlite", "SqliteStore"),
 }
 
 

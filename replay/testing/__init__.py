@@ -1,6 +1,38 @@
-"""Tools for testing workflows: ``TestEnv``, the virtual clock, crash injection."""
+"""Tools for testing workflows: ``TestEnv``, the virtual clock, crash injection and exploration."""
+
+from typing import TYPE_CHECKING, Any
 
 from replay.clock import VirtualClock as VirtualClock
+from replay.testing.crash import CrashingStore as CrashingStore
+from replay.testing.crash import SimulatedCrash as SimulatedCrash
 from replay.testing.env import TestEnv as TestEnv
+from replay.testing.explore import CrashExplorationError as CrashExplorationError
+from replay.testing.explore import CrashPoint as CrashPoint
+from replay.testing.explore import CrashReport as CrashReport
+from replay.testing.explore import explore_crashes as explore_crashes
+from replay.testing.explore import normalize_journals as normalize_journals
 
-__all__ = ("TestEnv", "VirtualClock")
+if TYPE_CHECKING:
+    from replay.testing.conformance import StoreConformance as StoreConformance
+
+__all__ = (
+    "CrashExplorationError",
+    "CrashPoint",
+    "CrashReport",
+    "CrashingStore",
+    "SimulatedCrash",
+    "StoreConformance",
+    "TestEnv",
+    "VirtualClock",
+    "explore_crashes",
+    "normalize_journals",
+)
+
+
+def __getattr__(name: str) -> Any:
+    # The conformance suite needs pytest; import it only when someone asks for it.
+    if name == "StoreConformance":
+        from replay.testing.conformance import StoreConformance
+
+        return StoreConformance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,112 @@
+"""Which workers are alive, told by the OS: one ``flock``ed file per registered worker.
+
+A worker that registers holds an exclusive ``flock`` on ``<db>-workers/<id>.lock``
+for as long as it lives. The kernel drops the lock when the process dies, however
+it dies, so another process sees at once that the owner of a ``running`` run is
+gone: the lock file is missing or can be locked. ``flock`` locks belong to open
+file descriptions, not processes, so two stores in one process see each other as
+two processes would (the tests rely on that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import time
+
+from replay.errors import StoreError
+
+__all__ = ("WorkerLocks",)
+
+
+class WorkerLocks:
+    """The lock files of the workers registered through one store.
+
+    Args:
+        directory: where lock files live, next to the database.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._held: dict[str, int] = {}  # worker id -> fd holding its lock
+
+    def path(self, worker_id: str) -> str:
+        """The lock file of ``worker_id``."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", worker_id)[:64]
+        digest = hashlib.sha256(worker_id.encode()).hexdigest()[:12]
+        return os.path.join(self.directory, f"{safe}-{digest}.lock")
+
+    def acquire(self, worker_id: str) -> None:
+        """Take ``worker_id``'s lock for this process; idempotent.
+
+        Raises:
+            StoreError: a live worker elsewhere holds that id.
+        """
+        if worker_id in self._held:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        path = self.path(worker_id)
+        busy = 0
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                busy += 1
+                if busy > 20:  # longer than any probe holds it: a live worker has this id
+                    raise StoreError(
+                        f"worker id {worker_id!r} is in use by a live worker ({path} is locked)"
+                    ) from None
+                time.sleep(0.005)
+                continue
+            # A prober may have unlinked the file between our open and our lock: then
+            # our lock is on a file nobody else can find. Lock the file at the path.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._held[worker_id] = fd
+                return
+            os.close(fd)
+
+    def release(self, worker_id: str) -> None:
+        """Drop ``worker_id``'s lock, if this process holds it, and remove its file."""
+        fd = self._held.pop(worker_id, None)
+        if fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(worker_id))  # still locked by us: nobody else removes it
+        os.close(fd)
+
+    def release_all(self) -> None:
+        """Drop every lock this store holds (the store closes)."""
+        for worker_id in list(self._held):
+            self.release(worker_id)
+
+    def alive(self, worker_id: str) -> bool:
+        """Whether a live process holds ``worker_id``'s lock."""
+        if worker_id in self._held:
+            return True
+        path = self.path(worker_id)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False  # never registered, or unregistered
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            # Free: its process is gone. Remove the stale file while we hold its lock,
+            # unless the path already names a newer file (the id registered again).
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(path)
+            return False
+        finally:
+            os.close(fd)

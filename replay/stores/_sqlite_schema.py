@@ -1,0 +1,168 @@
+"""The SQLite store's schema: its tables, its versioned migrations, and the checks on open.
+
+Opening a file checks, before writing anything, that it is either empty or a
+replay database whose schema this release can use, and that SQLite finds no
+damage in it. Anything else raises ``SchemaError`` and leaves the file as it was.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+from replay.errors import SchemaError
+
+__all__ = ("APPLICATION_ID", "SCHEMA_VERSION", "prepare")
+
+#: ``PRAGMA application_id`` of a replay database: "RPLY".
+APPLICATION_ID: Final = 0x52504C59
+
+#: MIGRATIONS[v] takes a database at schema version v to v + 1.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE replay_schema (version INTEGER NOT NULL);
+    INSERT INTO replay_schema (version) VALUES (0);
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN
+            ('pending', 'running', 'suspended', 'completed', 'failed', 'cancelled')),
+        args BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        result BLOB,
+        error BLOB,
+        parent_id TEXT,
+        wake_at REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        cancel_delivered INTEGER NOT NULL DEFAULT 0,
+        token INTEGER NOT NULL DEFAULT 0,
+        owner TEXT
+    );
+    -- claim: pending runs, suspended runs by wake time, running runs; next_wake_at.
+    CREATE INDEX runs_claim ON runs (status, wake_at);
+    -- owners of running runs (liveness checks) and unregister_worker.
+    CREATE INDEX runs_owner ON runs (owner, status) WHERE owner IS NOT NULL;
+    CREATE INDEX runs_created ON runs (created_at);
+    CREATE TABLE journal (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        entry BLOB NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        data BLOB NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX events_name ON events (name, position);
+    CREATE TABLE waits (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        match BLOB NOT NULL,
+        after INTEGER NOT NULL,
+        timeout_at REAL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    -- send_event: the waits for an event's name.
+    CREATE INDEX waits_name ON waits (name);
+    -- children a run's journal started and has not yet seen finish.
+    CREATE TABLE awaited_children (
+        run_id TEXT NOT NULL,
+        child_id TEXT NOT NULL,
+        PRIMARY KEY (run_id, child_id)
+    ) WITHOUT ROWID;
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def prepare(conn: sqlite3.Connection, path: str) -> None:
+    """Check the database behind ``conn`` and bring its schema up to date.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``).
+
+    Raises:
+        SchemaError: the file is not a replay database, is corrupt, or was
+            written by a newer replay. Nothing was written to it.
+    """
+    try:
+        version = _version(conn, path)
+        if version > 0:
+            _check_integrity(conn, path)
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise SchemaError(
+                f"{path} is not a replay database: it is not an SQLite file, or its header is damaged"
+            ) from None
+        raise SchemaError(f"{path} is a corrupt database: SQLite says {exc}") from None
+    if version < SCHEMA_VERSION:
+        _migrate(conn, path)
+
+
+def _version(conn: sqlite3.Connection, path: str) -> int:
+    """The file's schema version: 0 for an empty database."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables and app_id == 0:
+        return 0
+    if app_id != APPLICATION_ID or "replay_schema" not in tables:
+        held = ", ".join(sorted(tables)) or "no tables"
+        raise SchemaError(
+            f"{path} is not a replay database (it holds {held}); "
+            "point the store at a new file or at one replay created"
+        )
+    row = conn.execute("SELECT version FROM replay_schema").fetchone()
+    if row is None or not isinstance(row[0], int):
+        raise SchemaError(f"{path} is a replay database without a schema version: it is corrupt")
+    version: int = row[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} was written by a newer replay (schema version {version}; this replay "
+            f"knows up to {SCHEMA_VERSION}): upgrade replay to open it"
+        )
+    return version
+
+
+def _check_integrity(conn: sqlite3.Connection, path: str) -> None:
+    # quick_check reads every page once: a damaged file fails here, on open,
+    # rather than in the middle of a run.
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise SchemaError(f"{path} is a corrupt replay database: SQLite reports {'; '.join(problems)}")
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated since we looked: read again under the lock.
+        version = _version(conn, path)
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _statements(MIGRATIONS[step]):
+                conn.execute(statement)
+            conn.execute("UPDATE replay_schema SET version = ?", (step + 1,))
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    # executescript would commit the open transaction; run each statement in it instead.
+    out: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    if current.strip():
+        out.append(current.strip())
+    return out

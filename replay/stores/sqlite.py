@@ -1,0 +1,286 @@
+"""``sqlite:///path``: the default store, one machine, embedded, zero setup.
+
+``sqlite:///replay.db`` is a path relative to the working directory,
+``sqlite:////var/lib/app/replay.db`` an absolute one.
+
+- **Durability.** WAL mode with ``synchronous=FULL``: an append has reached the
+  disk (one fsync of the WAL) before the caller resumes. ``?durability=normal``
+  (or ``durability="normal"``) fsyncs only at checkpoints: a power loss may then
+  drop the last commits, though never corrupt the file; a process crash loses nothing.
+- **One writer, group commit.** Every write (create, append, claim, event...) is
+  queued to one writer thread, which runs all that is queued in ONE transaction
+  with ONE commit, each write in its own SAVEPOINT so that a write that fails (a
+  stale lease token) fails alone. Callers resume after that commit.
+  ``store.commits`` counts the commits.
+- **Readers in parallel.** Reads run on a small pool of threads, each with its
+  own connection; in WAL mode they never wait for the writer.
+- **Ownership.** A registered worker holds an OS lock (``flock``) on a file in
+  ``<db>-workers/``. When its process dies the kernel frees the lock, so any
+  other process can claim its ``running`` runs at once; a live worker's runs are
+  never taken. POSIX only (``fcntl``).
+- **Schema.** Versioned migrations; a file that is not a replay database, is
+  corrupt, or comes from a newer replay raises ``SchemaError`` and is left as it was.
+- **Notices** reach listeners in this process; workers in other processes find
+  new work with ``Worker(poll_interval=...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, TypeVar
+
+from replay.errors import StoreError
+from replay.journal import Entry, encode_entry, encode_value
+from replay.stores import _sqlite_reads as reads
+from replay.stores import _sqlite_writes as writes
+from replay.stores._sqlite_locks import WorkerLocks
+from replay.stores._sqlite_schema import prepare
+from replay.stores._sqlite_writer import Writer
+from replay.stores.base import Claim, EventRecord, NewRun, Notice, RunInfo, RunUpdate, Store
+
+__all__ = ("Durability", "SqliteStore")
+
+Durability = Literal["full", "normal"]
+T = TypeVar("T")
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split ``sqlite:///path?options`` into the file's path and the options.
+
+    Raises:
+        ValueError: not a SQLite store URL.
+    """
+    scheme, sep, rest = url.partition("://")
+    rest, _, query = rest.partition("?")
+    if not sep or scheme.split("+", 1)[0] != "sqlite" or not rest.startswith("/") or len(rest) < 2:
+        raise ValueError(
+            f"a SQLite store URL is sqlite:///relative/path or sqlite:////absolute/path, got {url!r}"
+        )
+    options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - {"durability"})
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} in {url!r}: the SQLite store knows durability"
+        )
+    return urllib.parse.unquote(rest[1:]), options
+
+
+class SqliteStore(Store):
+    """A store in one SQLite file. See the module docstring.
+
+    Args:
+        url: ``sqlite:///relative/path`` or ``sqlite:////absolute/path``, optionally
+            with ``?durability=normal``.
+        durability: ``"full"`` (fsync every commit, the default) or ``"normal"``
+            (fsync at checkpoints only); overrides the URL's option.
+        readers: threads (each with its own connection) that serve reads.
+        busy_timeout: seconds to wait for another process's write lock.
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///replay.db",
+        *,
+        durability: Durability | None = None,
+        readers: int = 4,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        super().__init__()
+        path, options = parse_url(url)
+        chosen = durability or options.get("durability", "full")
+        if chosen not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', got {chosen!r}")
+        if readers < 1:
+            raise ValueError(f"readers must be at least 1, got {readers!r}")
+        self.url = url
+        self.path = path
+        self.durability: Durability = chosen  # type: ignore[assignment]
+        self.busy_timeout = busy_timeout
+        self._reader_count = readers
+        self._locks = WorkerLocks(path + "-workers")
+        self._writer: Writer | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.path!r}>"
+
+    @property
+    def commits(self) -> int:
+        """Transactions the writer has committed (each one fsync under ``durability="full"``)."""
+        return 0 if self._writer is None else self._writer.commits
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Check the file (creating it if new), migrate it, start the writer and readers.
+
+        Raises:
+            SchemaError: the file is not a replay database, is corrupt, or is newer.
+            StoreError: the file cannot be opened.
+        """
+        if self._writer is not None:
+            return
+        await asyncio.to_thread(self._prepare)
+        writer = Writer(self._connect_writer, self._deliver)
+        await writer.start()
+        self._writer = writer
+        self._pool = ThreadPoolExecutor(self._reader_count, thread_name_prefix="replay-sqlite-read")
+
+    async def close(self) -> None:
+        """Commit what is queued, close every connection and drop this process's worker locks."""
+        writer, self._writer = self._writer, None
+        pool, self._pool = self._pool, None
+        if writer is not None:
+            await writer.stop()
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown)
+        with self._conns_lock:
+            conns, self._read_conns = self._read_conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+        self._locks.release_all()
+
+    def _connect(self, **kwargs: bool) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the SQLite store at {self.path!r}: {exc}") from None
+
+    def _prepare(self) -> None:
+        conn = self._connect()
+        try:
+            prepare(conn, self.path)
+        finally:
+            conn.close()
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+        return conn
+
+    def _deliver(self, notice: Notice) -> None:
+        self.notify(notice.kind, notice.run_id)
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def _submit(self, job: Callable[[sqlite3.Connection, list[Notice]], T]) -> T:
+        if self._writer is None:
+            raise StoreError(f"{self!r} is not open: call `await store.open()` first")
+        return await self._writer.submit(job)
+
+    async def _read(self, fn: Callable[..., T], *args: object) -> T:
+        if self._pool is None:
+            raise StoreError(f"{self!r} is not open: call `await store.open()` first")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(self._in_reader, fn, *args))
+
+    def _in_reader(self, fn: Callable[..., T], *args: object) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(check_same_thread=False)
+            conn.execute("PRAGMA query_only = 1")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._read_conns.append(conn)
+        try:
+            conn.execute("BEGIN")  # one snapshot for the whole read
+            try:
+                return fn(conn, *args)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading the SQLite store at {self.path!r} failed: {exc}") from None
+
+    # -- clients -----------------------------------------------------------------------
+
+    async def create_run(self, run: NewRun) -> tuple[RunInfo, bool]:
+        """Create a run and its ``workflow_started`` entry in one transaction, unless it exists."""
+        prepared = writes.PreparedRun.of(run)
+        return await self._submit(functools.partial(writes.create_run, prepared=prepared))
+
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        """The run with that id, if any."""
+        return await self._read(reads.get_run, run_id)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[RunInfo]:
+        """Runs, newest first, filtered by workflow, status and creation time."""
+        return await self._read(reads.list_runs, workflow, status, since, until, limit)
+
+    async def read_journal(self, run_id: str) -> list[Entry]:
+        """A run's journal, in order."""
+        return await self._read(reads.read_journal, run_id)
+
+    async def request_cancel(self, run_id: str, at: float) -> RunInfo | None:
+        """Flag a run for cancellation and wake it."""
+        return await self._submit(functools.partial(writes.request_cancel, run_id=run_id, at=at))
+
+    async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
+        """Store an event (idempotent on its id) and wake the runs waiting for it."""
+        data = encode_value(event.data, f"the data of event {event.name!r}")
+        return await self._submit(functools.partial(writes.send_event, event=event, data=data))
+
+    # -- workers -----------------------------------------------------------------------
+
+    async def register_worker(self, worker_id: str) -> None:
+        """Take the worker's OS lock: other processes now see it alive."""
+        await asyncio.to_thread(self._locks.acquire, worker_id)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Release the worker's runs, then its lock."""
+        await self._submit(functools.partial(writes.unregister, worker_id=worker_id))
+        self._locks.release(worker_id)
+
+    async def claim(self, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
+        """Own up to ``limit`` claimable runs of these workflows."""
+        job = functools.partial(
+            writes.claim,
+            worker_id=worker_id,
+            workflows=tuple(workflows),
+            now=now,
+            limit=limit,
+            alive=self._locks.alive,
+        )
+        return await self._submit(job)
+
+    async def append(
+        self, run_id: str, token: int, entries: Sequence[Entry], update: RunUpdate | None = None
+    ) -> None:
+        """Append entries and apply ``update`` in one transaction, fenced by ``token``.
+
+        Raises:
+            LeaseLost: ``token`` is not the run's current token; nothing was written.
+        """
+        entries = tuple(entries)
+        blobs = [encode_entry(e) for e in entries]  # may raise: nothing queued
+        prepared = None if update is None else writes.PreparedUpdate.of(update)
+        job = functools.partial(
+            writes.append, run_id=run_id, token=token, entries=entries, blobs=blobs, update=prepared
+        )
+        await self._submit(job)
+
+    async def poll_waits(self, run_id: str) -> list[tuple[int, EventRecord]]:
+        """For each open wait of the run, the first matching event, if one arrived."""
+        return await self._read(reads.poll_waits, run_id)
+
+    async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
+        """The earliest ``wake_at`` among suspended runs of these workflows."""
+        return await self._read(reads.next_wake_at, tuple(workflows))

@@ -1,0 +1,280 @@
+"""Conformance cases for runs: create, read, list, claim, fenced appends and run updates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from replay import journal as j
+from replay.errors import LeaseLost, ReplayInternalError, SerializationError
+from replay.journal import Entry
+from replay.stores.base import NewRun, RunUpdate, Store
+from replay.testing._conformance_kit import T0, W1, W2, Cases, begin, claimed_ids, new_run
+
+__all__ = ("RunCases",)
+
+
+class RunCases(Cases):
+    """Runs and journals, claims and leases, appends and run updates."""
+
+    # -- create_run ----------------------------------------------------------------------
+
+    async def test_create_run_makes_a_pending_run(self, store: Store) -> None:
+        info, new = await store.create_run(new_run("r1", at=T0, args=[1, {"a": "b"}]))
+        assert new
+        assert (info.run_id, info.workflow, info.status) == ("r1", "wf-r1", "pending")
+        assert info.args == [1, {"a": "b"}]
+        assert info.created_at == info.updated_at == T0
+        assert (info.parent_id, info.wake_at, info.cancel_requested) == (None, None, False)
+        assert await store.get_run("r1") == info
+
+    async def test_create_run_writes_workflow_started_with_the_run(self, store: Store) -> None:
+        run = new_run("r1")
+        await store.create_run(run)
+        assert await store.read_journal("r1") == [run.first]
+
+    async def test_create_run_is_idempotent_on_the_run_id(self, store: Store) -> None:
+        first, _ = await store.create_run(new_run("r1", at=T0, args=[1]))
+        again, new = await store.create_run(new_run("r1", at=T0 + 5, args=[2]))
+        assert not new
+        assert again == first
+        journal = await store.read_journal("r1")
+        assert len(journal) == 1 and journal[0].data["args"] == [1]
+
+    async def test_create_run_that_cannot_be_stored_leaves_nothing(self, store: Store) -> None:
+        run = new_run("r1")
+        bad = Entry(1, j.WORKFLOW_STARTED, T0, {**run.first.data, "oops": object()})
+        with pytest.raises(SerializationError):
+            await store.create_run(NewRun(run.run_id, run.workflow, run.args, bad))
+        assert await store.get_run("r1") is None
+        assert await store.read_journal("r1") == []
+
+    async def test_unknown_run_reads_as_none_and_empty(self, store: Store) -> None:
+        assert await store.get_run("nope") is None
+        assert await store.read_journal("nope") == []
+        assert await store.poll_waits("nope") == []
+
+    # -- list_runs -----------------------------------------------------------------------
+
+    async def test_list_runs_newest_first(self, store: Store) -> None:
+        for i, at in enumerate([T0 + 1, T0 + 3, T0 + 2]):
+            await store.create_run(new_run(f"r{i}", at=at))
+        await store.create_run(new_run("tie", at=T0 + 3))  # same time: the later start first
+        assert [r.run_id for r in await store.list_runs()] == ["tie", "r1", "r2", "r0"]
+        assert [r.run_id for r in await store.list_runs(limit=2)] == ["tie", "r1"]
+
+    async def test_list_runs_filters(self, store: Store) -> None:
+        for i in range(4):
+            await store.create_run(new_run(f"a{i}", at=T0 + i, workflow="a"))
+        await store.create_run(new_run("b0", at=T0 + 1, workflow="b"))
+        await store.register_worker(W1)
+        await store.claim(W1, ["b"], T0, 10)
+
+        def ids(runs: list[Any]) -> list[str]:
+            return [r.run_id for r in runs]
+
+        assert ids(await store.list_runs(workflow="a")) == ["a3", "a2", "a1", "a0"]
+        assert ids(await store.list_runs(status="running")) == ["b0"]
+        assert ids(await store.list_runs(status="pending", workflow="b")) == []
+        assert ids(await store.list_runs(since=T0 + 1, until=T0 + 2)) == ["a2", "b0", "a1"]
+        assert ids(await store.list_runs(workflow="a", since=T0 + 2, limit=1)) == ["a3"]
+
+    # -- claim ---------------------------------------------------------------------------
+
+    async def test_claim_takes_a_pending_run(self, store: Store) -> None:
+        await store.create_run(new_run("r1", workflow="wf"))
+        await store.register_worker(W1)
+        [claim] = await store.claim(W1, ["wf"], T0 + 1, 10)
+        assert (claim.run_id, claim.workflow, claim.cancel_requested) == ("r1", "wf", False)
+        info = await store.get_run("r1")
+        assert info is not None and info.status == "running"
+        assert await store.claim(W1, ["wf"], T0 + 1, 10) == []
+
+    async def test_claim_only_listed_workflows(self, store: Store) -> None:
+        await store.create_run(new_run("a", workflow="a"))
+        await store.create_run(new_run("b", workflow="b"))
+        await store.register_worker(W1)
+        assert await claimed_ids(store, W1, ["b", "c"], T0) == {"b"}
+        assert await store.claim(W1, [], T0, 10) == []
+
+    async def test_claim_respects_limit(self, store: Store) -> None:
+        for i in range(5):
+            await store.create_run(new_run(f"r{i}", workflow="wf"))
+        await store.register_worker(W1)
+        assert await store.claim(W1, ["wf"], T0, 0) == []
+        got = [await claimed_ids(store, W1, ["wf"], T0, 2) for _ in range(4)]
+        assert [len(g) for g in got] == [2, 2, 1, 0]
+        assert set().union(*got) == {f"r{i}" for i in range(5)}
+
+    async def test_suspended_run_is_claimable_when_due_and_not_before(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        await run.suspend(wake_at=T0 + 100)
+        info = await store.get_run("r1")
+        assert info is not None and (info.status, info.wake_at) == ("suspended", T0 + 100)
+        assert await store.claim(W1, [run.workflow], T0 + 99.5, 10) == []
+        claim = await run.reclaim(W1, now=T0 + 100)
+        info = await store.get_run("r1")
+        assert info is not None and (info.status, info.wake_at) == ("running", None)
+        assert claim.token == run.token
+
+    async def test_suspended_run_without_wake_at_is_not_claimable(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        await run.suspend()
+        assert await store.claim(W1, [run.workflow], T0 + 1e9, 10) == []
+
+    async def test_never_claims_a_run_owned_by_a_live_worker(self, store: Store) -> None:
+        await store.register_worker(W1)
+        await store.register_worker(W2)
+        run = await begin(store, "r1", worker=W1)
+        assert await store.claim(W2, [run.workflow], T0 + 1e9, 10) == []
+        assert await store.claim(W1, [run.workflow], T0 + 1e9, 10) == []
+
+    async def test_running_run_of_an_unregistered_worker_is_claimable(self, store: Store) -> None:
+        await store.register_worker(W1)
+        await store.register_worker(W2)
+        run = await begin(store, "r1", worker=W1)
+        old = run.token
+        await store.unregister_worker(W1)
+        await run.reclaim(W2)
+        assert run.token != old
+        with pytest.raises(LeaseLost):
+            await store.append("r1", old, [Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": 1})])
+        await run.append(j.SIDE_EFFECT, {"name": "x", "value": 2})
+
+    async def test_running_run_of_a_worker_never_registered_is_claimable(self, store: Store) -> None:
+        await store.register_worker(W2)
+        await store.create_run(new_run("r1", workflow="wf"))
+        assert await claimed_ids(store, "ghost", ["wf"], T0) == {"r1"}
+        assert await claimed_ids(store, W2, ["wf"], T0) == {"r1"}
+
+    async def test_each_claim_hands_out_a_fresh_token(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        tokens = {run.token}
+        for i in range(3):
+            await run.suspend(wake_at=T0 + i, at=T0 + i)
+            await run.reclaim(W1, now=T0 + i)
+            tokens.add(run.token)
+        assert len(tokens) == 4
+
+    # -- append --------------------------------------------------------------------------
+
+    async def test_append_continues_the_journal_in_order(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        entries = [
+            Entry(2, j.STEP_SCHEDULED, T0 + 1, {"name": "charge", "args": [1]}),
+            Entry(3, j.STEP_COMPLETED, T0 + 2, {"op": 2, "attempt": 1, "result": {"ok": [1, 2]}}),
+        ]
+        await store.append("r1", run.token, entries)
+        await store.append("r1", run.token, [Entry(4, j.SIDE_EFFECT, T0 + 3, {"name": "n", "value": 0.5})])
+        journal = await store.read_journal("r1")
+        assert [e.seq for e in journal] == [1, 2, 3, 4]
+        assert journal[1:3] == entries
+        assert journal[3].data == {"name": "n", "value": 0.5}
+
+    async def test_append_with_a_stale_token_raises_and_writes_nothing(self, store: Store) -> None:
+        await store.register_worker(W1)
+        await store.register_worker(W2)
+        run = await begin(store, "r1", worker=W1)
+        stale = run.token
+        await store.unregister_worker(W1)
+        await run.reclaim(W2)
+        before = await store.get_run("r1")
+        update = RunUpdate(status="completed", result=1, release=True)
+        with pytest.raises(LeaseLost):
+            await store.append("r1", stale, [Entry(2, j.WORKFLOW_COMPLETED, T0, {"result": 1})], update)
+        assert [e.seq for e in await store.read_journal("r1")] == [1]
+        assert await store.get_run("r1") == before
+
+    async def test_append_to_an_unknown_run_raises_lease_lost(self, store: Store) -> None:
+        with pytest.raises(LeaseLost):
+            await store.append("nope", 1, [Entry(2, j.SIDE_EFFECT, T0, {})])
+
+    async def test_append_after_release_raises_lease_lost(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        await run.suspend(wake_at=T0 + 10)
+        with pytest.raises(LeaseLost):
+            await store.append("r1", run.token, [Entry(3, j.SIDE_EFFECT, T0, {})])
+        assert len(await store.read_journal("r1")) == 2
+
+    @pytest.mark.parametrize("seqs", [[3], [1], [2, 4], [2, 2]])
+    async def test_append_must_continue_the_journal(self, store: Store, seqs: list[int]) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        entries = [Entry(s, j.SIDE_EFFECT, T0, {"name": "x", "value": s}) for s in seqs]
+        with pytest.raises(ReplayInternalError):
+            await store.append("r1", run.token, entries, RunUpdate(status="completed", release=True))
+        assert [e.seq for e in await store.read_journal("r1")] == [1]
+        info = await store.get_run("r1")
+        assert info is not None and info.status == "running"
+
+    async def test_append_of_an_unencodable_entry_writes_nothing(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        entries = [
+            Entry(2, j.SIDE_EFFECT, T0, {"value": 1}),
+            Entry(3, j.SIDE_EFFECT, T0, {"value": object()}),
+        ]
+        with pytest.raises(SerializationError):
+            await store.append("r1", run.token, entries)
+        assert [e.seq for e in await store.read_journal("r1")] == [1]
+
+    # -- run updates ---------------------------------------------------------------------
+
+    async def test_update_sets_status_and_wake_at_and_updated_at(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        await run.suspend(wake_at=T0 + 60, at=T0 + 5)
+        info = await store.get_run("r1")
+        assert info is not None
+        assert (info.status, info.wake_at, info.updated_at, info.created_at) == (
+            "suspended",
+            T0 + 60,
+            T0 + 5,
+            T0,
+        )
+
+    async def test_update_completed_keeps_the_result(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        await run.finish("completed", at=T0 + 1, result={"receipt": "x", "n": [1, 2]})
+        info = await store.get_run("r1")
+        assert info is not None
+        assert (info.status, info.result, info.error) == ("completed", {"receipt": "x", "n": [1, 2]}, None)
+        assert (await store.read_journal("r1"))[-1].kind == j.WORKFLOW_COMPLETED
+
+    async def test_update_failed_keeps_the_error(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        error = {"type": "NonDeterminismError", "message": "diff", "traceback": "tb"}
+        await run.update(RunUpdate(status="failed", error=error, release=True))  # parked: no entry
+        info = await store.get_run("r1")
+        assert info is not None and (info.status, info.error) == ("failed", error)
+        assert len(await store.read_journal("r1")) == 1
+        assert await store.claim(W1, [run.workflow], T0 + 1e9, 10) == []
+
+    async def test_update_creates_children_idempotently(self, store: Store) -> None:
+        await store.register_worker(W1)
+        parent = await begin(store, "p")
+        child = new_run("p/2", at=T0 + 1, args=["first"], parent_id="p")
+        start = {"name": child.workflow, "args": ["first"], "run_id": "p/2"}
+        await parent.append(j.CHILD_STARTED, start, at=T0 + 1, update=RunUpdate(children=(child,)))
+        info = await store.get_run("p/2")
+        assert info is not None
+        assert (info.status, info.parent_id, info.args, info.workflow) == (
+            "pending",
+            "p",
+            ["first"],
+            child.workflow,
+        )
+        assert await store.read_journal("p/2") == [child.first]
+        again = new_run("p/2", at=T0 + 2, args=["second"], parent_id="p")
+        await parent.append(j.SIDE_EFFECT, {"name": "x", "value": 1}, update=RunUpdate(children=(again,)))
+        assert await store.get_run("p/2") == info
+        assert await store.read_journal("p/2") == [child.first]
+        assert await claimed_ids(store, W1, [child.workflow], T0 + 2) == {"p/2"}
