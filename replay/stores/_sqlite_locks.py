@@ -101,7 +101,7 @@ class WorkerLocks:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return False
+                return True
             # Free: its process is gone. Remove the stale file while we hold its lock,
             # unless the path already names a newer file (the id registered again).
             with contextlib.suppress(FileNotFoundError):
