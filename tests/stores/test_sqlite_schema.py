@@ -1,0 +1,156 @@
+"""The SQLite store's file: URLs, options, persistence, and files it must refuse unchanged."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from replay.errors import SchemaError
+from replay.stores import open_store
+from replay.stores._sqlite_schema import SCHEMA_VERSION
+from replay.stores.sqlite import SqliteStore, parse_url
+from replay.testing._conformance_kit import new_run
+
+
+def url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+async def make_db(path: Path, runs: int = 1) -> None:
+    store = SqliteStore(url(path))
+    await store.open()
+    for i in range(runs):
+        await store.create_run(new_run(f"run-{i}", args=["x" * 200]))
+    await store.close()
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+async def refused(path: Path, match: str) -> None:
+    before = snapshot(path.parent)
+    store = SqliteStore(url(path))
+    with pytest.raises(SchemaError, match=match):
+        await store.open()
+    assert snapshot(path.parent) == before
+
+
+# -- URLs and options -----------------------------------------------------------------------
+
+
+def test_parse_url_relative_absolute_and_options() -> None:
+    assert parse_url("sqlite:///replay.db") == ("replay.db", {})
+    assert parse_url("sqlite:///data/r.db?durability=normal") == ("data/r.db", {"durability": "normal"})
+    assert parse_url("sqlite:////var/lib/r.db") == ("/var/lib/r.db", {})
+
+
+@pytest.mark.parametrize(
+    "bad", ["sqlite://", "sqlite:///", "sqlite://host/r.db", "memory://", "sqlite:///r.db?x=1"]
+)
+def test_bad_urls_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        SqliteStore(bad)
+
+
+def test_bad_durability_is_refused() -> None:
+    with pytest.raises(ValueError, match="durability"):
+        SqliteStore("sqlite:///r.db?durability=sometimes")
+
+
+def test_open_store_picks_sqlite(tmp_path: Path) -> None:
+    store = open_store(url(tmp_path / "r.db"))
+    assert isinstance(store, SqliteStore) and store.path == str(tmp_path / "r.db")
+
+
+async def test_relative_path_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = SqliteStore("sqlite:///here.db")
+    await store.open()
+    await store.close()
+    assert (tmp_path / "here.db").is_file()
+
+
+@pytest.mark.parametrize(("option", "level"), [("", 2), ("?durability=full", 2), ("?durability=normal", 1)])
+async def test_durability_sets_synchronous(tmp_path: Path, option: str, level: int) -> None:
+    store = SqliteStore(url(tmp_path / "r.db") + option)
+    await store.open()
+    try:
+        assert store._writer is not None
+        pragmas = await store._writer.submit(
+            lambda conn, _: (
+                conn.execute("PRAGMA synchronous").fetchone()[0],
+                conn.execute("PRAGMA journal_mode").fetchone()[0],
+            )
+        )
+        assert pragmas == (level, "wal")
+    finally:
+        await store.close()
+
+
+async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    await make_db(tmp_path / "r.db", runs=3)
+    store = SqliteStore(url(tmp_path / "r.db"))
+    await store.open()
+    try:
+        assert [r.run_id for r in await store.list_runs()] == ["run-2", "run-1", "run-0"]
+        assert len(await store.read_journal("run-1")) == 1
+    finally:
+        await store.close()
+
+
+async def test_an_empty_file_becomes_a_replay_database(tmp_path: Path) -> None:
+    (tmp_path / "r.db").write_bytes(b"")
+    await make_db(tmp_path / "r.db")
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        assert conn.execute("SELECT version FROM replay_schema").fetchone() == (SCHEMA_VERSION,)
+
+
+# -- files it refuses, unchanged ------------------------------------------------------------
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    await make_db(path)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE replay_schema SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.close()
+    await refused(path, "newer replay")
+
+
+async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 100)
+    await refused(path, "not a replay database: it is not an SQLite file")
+
+
+async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('ada')")
+    conn.close()
+    await refused(path, r"not a replay database \(it holds users\)")
+
+
+@pytest.mark.parametrize("damage", ["pages", "truncated", "header"])
+async def test_a_corrupt_file_is_refused(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "r.db"
+    await make_db(path, runs=300)
+    raw = bytearray(path.read_bytes())
+    rng = random.Random(7)
+    if damage == "pages":
+        raw[4096 * 3 : 4096 * 5] = rng.randbytes(4096 * 2)
+    elif damage == "truncated":
+        del raw[len(raw) // 2 :]
+    else:
+        raw[:100] = bytes(100)
+    path.write_bytes(bytes(raw))
+    await refused(path, "corrupt|header is damaged")
