@@ -1,0 +1,135 @@
+"""Two SqliteStores on one file stand in for two processes; one test uses a real one.
+
+Worker liveness is an OS lock per worker, held through an open file description,
+so two stores in one process contend for it exactly as two processes would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from replay import journal as j
+from replay.errors import LeaseLost, StoreError
+from replay.journal import Entry
+from replay.stores.sqlite import SqliteStore
+from replay.testing._conformance_kit import T0, new_run
+
+WF = "wf"
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]:
+    a, b = (SqliteStore(f"sqlite:///{tmp_path}/shared.db") for _ in range(2))
+    await a.open()
+    await b.open()
+    await a.register_worker("a")
+    await b.register_worker("b")
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def create(store: SqliteStore, n: int) -> set[str]:
+    for i in range(n):
+        await store.create_run(new_run(f"r{i}", workflow=WF))
+    return {f"r{i}" for i in range(n)}
+
+
+async def test_claims_do_not_overlap(two: tuple[SqliteStore, SqliteStore]) -> None:
+    a, b = two
+    ids = await create(a, 40)
+    got_a: set[str] = set()
+    got_b: set[str] = set()
+    for _ in range(10):  # interleaved and concurrent claims, a few at a time
+        ca, cb = await asyncio.gather(a.claim("a", [WF], T0, 3), b.claim("b", [WF], T0, 2))
+        got_a |= {c.run_id for c in ca}
+        got_b |= {c.run_id for c in cb}
+    assert not got_a & got_b
+    assert got_a | got_b == ids
+    assert await b.claim("b", [WF], T0 + 1e9, 100) == []  # a is alive: its runs stay its own
+    assert await a.claim("a", [WF], T0 + 1e9, 100) == []
+
+
+async def test_runs_of_an_unregistered_worker_can_be_claimed(two: tuple[SqliteStore, SqliteStore]) -> None:
+    a, b = two
+    ids = await create(a, 5)
+    claims = await a.claim("a", [WF], T0, 100)
+    await a.unregister_worker("a")
+    assert {c.run_id for c in await b.claim("b", [WF], T0, 100)} == ids
+    with pytest.raises(LeaseLost):
+        await a.append(claims[0].run_id, claims[0].token, [Entry(2, j.SIDE_EFFECT, T0, {})])
+
+
+async def test_a_dead_owner_is_seen_at_once(tmp_path: Path) -> None:
+    a, b = (SqliteStore(f"sqlite:///{tmp_path}/shared.db") for _ in range(2))
+    await a.open()
+    await b.open()
+    try:
+        await a.register_worker("a")
+        await b.register_worker("b")
+        ids = await create(a, 5)
+        claims = await a.claim("a", [WF], T0, 100)
+        assert await b.claim("b", [WF], T0, 100) == []
+        await a.close()  # its lock goes, as a killed process's does; the rows still say "a"
+        assert {c.run_id for c in await b.claim("b", [WF], T0, 100)} == ids
+        reopened = SqliteStore(f"sqlite:///{tmp_path}/shared.db")
+        await reopened.open()
+        with pytest.raises(LeaseLost):
+            await reopened.append(claims[0].run_id, claims[0].token, [Entry(2, j.SIDE_EFFECT, T0, {})])
+        await reopened.close()
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_live_worker_id_cannot_be_taken_twice(two: tuple[SqliteStore, SqliteStore]) -> None:
+    a, b = two
+    with pytest.raises(StoreError, match="in use"):
+        await b.register_worker("a")
+    await a.unregister_worker("a")
+    await b.register_worker("a")
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from replay.stores.sqlite import SqliteStore
+
+    async def main():
+        store = SqliteStore(sys.argv[1])
+        await store.open()
+        await store.register_worker("child")
+        claims = await store.claim("child", ["wf"], 1000.0, 100)
+        print(" ".join(sorted(c.run_id for c in claims)), flush=True)
+        sys.stdin.readline()  # hold the runs until killed
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_runs_of_a_killed_process_are_claimed_at_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    store = SqliteStore(url)
+    await store.open()
+    try:
+        await store.register_worker("parent")
+        ids = await create(store, 4)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, url, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        assert set(line.decode().split()) == ids
+        assert await store.claim("parent", [WF], T0, 100) == []  # the child is alive
+        proc.kill()
+        await proc.wait()
+        assert {c.run_id for c in await store.claim("parent", [WF], T0, 100)} == ids
+    finally:
+        await store.close()

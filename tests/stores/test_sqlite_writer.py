@@ -1,0 +1,115 @@
+"""Group commit: concurrent writes share one transaction and one commit; reads never wait."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from replay import journal as j
+from replay.errors import LeaseLost
+from replay.journal import Entry
+from replay.stores.sqlite import SqliteStore
+from replay.testing._conformance_kit import T0, W1, W2, Driven, begin
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(f"sqlite:///{tmp_path}/r.db")
+    await store.open()
+    await store.register_worker(W1)
+    yield store
+    await store.close()
+
+
+@contextmanager
+def write_locked(path: str) -> Iterator[sqlite3.Connection]:
+    """Hold the database's write lock from another connection, as another process would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
+        conn.close()
+
+
+def committed_seqs(path: str, run_id: str) -> list[int]:
+    """The run's journal as another connection sees it: committed entries only."""
+    conn = sqlite3.connect(path)
+    try:
+        return [
+            r[0] for r in conn.execute("SELECT seq FROM journal WHERE run_id = ? ORDER BY seq", (run_id,))
+        ]
+    finally:
+        conn.close()
+
+
+async def runs(store: SqliteStore, n: int) -> list[Driven]:
+    return [await begin(store, f"r{i}") for i in range(n)]
+
+
+def step(run: Driven) -> Entry:
+    return Entry(run.seq + 1, j.SIDE_EFFECT, T0, {"name": "n", "value": run.run_id})
+
+
+async def test_concurrent_appends_share_commits_and_resume_after_them(store: SqliteStore) -> None:
+    owned = await runs(store, 50)
+    resumed_with: dict[str, list[int]] = {}
+
+    async def append(run: Driven) -> None:
+        await store.append(run.run_id, run.token, [step(run)])
+        # Resumed: the entry must already be committed, visible to any other connection.
+        resumed_with[run.run_id] = committed_seqs(store.path, run.run_id)
+
+    before = store.commits
+    with write_locked(store.path):  # the writer stalls on its first group; the rest queue
+        tasks = [asyncio.create_task(append(run)) for run in owned]
+        await asyncio.sleep(0)  # one loop turn: every task has queued its append
+        assert not resumed_with
+    await asyncio.gather(*tasks)
+    assert store.commits - before <= 2 < len(owned)
+    assert resumed_with == {run.run_id: [1, 2] for run in owned}
+
+
+async def test_a_stale_token_fails_alone_in_its_group(store: SqliteStore) -> None:
+    owned = await runs(store, 10)
+    stale = owned[3]
+    old_token = stale.token
+    await stale.suspend(wake_at=T0)  # released, then taken by another worker: old_token is stale
+    await store.register_worker(W2)
+    await stale.reclaim(W2)
+    before = store.commits
+    with write_locked(store.path):
+        tasks = [
+            asyncio.create_task(
+                store.append(run.run_id, old_token if run is stale else run.token, [step(run)])
+            )
+            for run in owned
+        ]
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert store.commits - before <= 2
+    assert isinstance(results[3], LeaseLost)
+    assert committed_seqs(store.path, stale.run_id) == [1, 2]
+    for run, result in zip(owned, results, strict=True):
+        if run is not stale:
+            assert result is None
+            assert committed_seqs(store.path, run.run_id) == [1, 2]
+
+
+async def test_reads_do_not_wait_for_the_writer(store: SqliteStore) -> None:
+    [run] = await runs(store, 1)
+    with write_locked(store.path):
+        pending = asyncio.create_task(store.append(run.run_id, run.token, [step(run)]))
+        await asyncio.sleep(0)
+        info = await store.get_run(run.run_id)  # served while the writer is stuck
+        assert info is not None and info.status == "running"
+        assert [e.seq for e in await store.read_journal(run.run_id)] == [1]
+        assert not pending.done()
+    await pending
+    assert [e.seq for e in await store.read_journal(run.run_id)] == [1, 2]
