@@ -122,13 +122,17 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     def create_task(
         self,
-        coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
+        coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any] | asyncio.Future[Any],
         *,
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[Any]:
         # Names are deterministic too: a replayed task has the name it had live.
         self._task_count += 1
+        if isinstance(coro, asyncio.Future):
+            # A step call is a future (it starts at once); let it be a task's body too,
+            # so `tg.create_task(charge(...))` and `asyncio.create_task(...)` work.
+            coro = _await(coro)
         if name is None:
             name = f"{self.instance.run_id}:task-{self._task_count}"
         return asyncio.Task(coro, loop=self, name=name, context=context)
@@ -282,6 +286,10 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     def remove_signal_handler(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._forbidden("handle signals")
+
+
+async def _await(future: asyncio.Future[Any]) -> Any:
+    return await future
 
 
 def current_instance() -> Instance | None:

@@ -1,0 +1,119 @@
+"""The deterministic loop: asyncio's combinators inside workflows, and the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from asyncio import events
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import replay
+from replay._loop import WorkflowLoop
+from replay.errors import WorkflowSandboxError
+from replay.testing import TestEnv
+
+app = replay.App("loop", store="memory://")
+log: list[str] = []
+
+
+@app.step()
+async def record(tag: str) -> str:
+    log.append(tag)
+    return tag
+
+
+def test_the_private_asyncio_api_we_rely_on_exists() -> None:
+    # The loop swaps itself in with these; if a Python release renames them, fail here.
+    assert callable(events._get_running_loop)
+    assert callable(events._set_running_loop)
+    handle = asyncio.Handle(lambda: None, (), WorkflowLoop.__new__(WorkflowLoop), None)
+    assert handle._cancelled is False
+    assert callable(handle._run)
+
+
+@app.workflow()
+async def interleave(ctx: replay.Context) -> list[str]:
+    async def branch(name: str) -> list[str]:
+        first = await record(f"{name}1")
+        second = await record(f"{name}2")
+        return [first, second]
+
+    a, b = await asyncio.gather(branch("a"), branch("b"))
+    done, _ = await asyncio.wait([asyncio.ensure_future(record("w"))])
+    async with asyncio.TaskGroup() as tg:
+        t1 = tg.create_task(record("tg1"))
+        t2 = tg.create_task(record("tg2"))
+    fast = await asyncio.wait_for(record("quick"), timeout=60)
+    try:
+        await asyncio.wait_for(asyncio.sleep(3600), timeout=60)
+        late = "no"
+    except TimeoutError:
+        late = "timed out"
+    names = [asyncio.current_task().get_name()]  # type: ignore[union-attr]
+    return [*a, *b, next(iter(done)).result(), t1.result(), t2.result(), fast, late, *names]
+
+
+async def test_gather_wait_taskgroup_and_wait_for_work_and_replay_identically() -> None:
+    log.clear()
+    async with TestEnv(app) as env:
+        run = await app.start(interleave, run_id="i")
+        await env.advance(timedelta(minutes=2))
+        result = await run.result()
+        assert result == ["a1", "a2", "b1", "b2", "w", "tg1", "tg2", "quick", "timed out", "i:main"]
+        journal = await run.journal()
+        # A fresh instance replaying the whole journal issues exactly the same commands.
+        await env.crash()
+        assert await run.result() == result
+    assert sorted(log) == sorted(["a1", "a2", "b1", "b2", "w", "tg1", "tg2", "quick"])
+    kinds = [e.kind for e in journal]
+    assert kinds.count("timer_started") == 3  # two wait_for deadlines and the sleep
+    assert kinds.count("timer_fired") == 1
+
+
+@app.workflow()
+async def sleeper(ctx: replay.Context) -> float:
+    start = ctx.now()
+    await asyncio.sleep(30)  # asyncio.sleep inside a workflow is a durable timer
+    await ctx.sleep(timedelta(seconds=30))
+    return (ctx.now() - start).total_seconds()
+
+
+async def test_asyncio_sleep_is_a_durable_timer() -> None:
+    async with TestEnv(app, keep_hot=0) as env:
+        run = await app.start(sleeper)
+        await env.idle()
+        assert await run.status() == "suspended"
+        await env.advance(timedelta(seconds=30))
+        await env.crash()
+        await env.advance(timedelta(seconds=30))
+        assert await run.result() == 60.0
+
+
+@app.workflow()
+async def does_io(ctx: replay.Context, what: str) -> Any:
+    loop = asyncio.get_running_loop()
+    if what == "executor":
+        return await loop.run_in_executor(None, print)
+    if what == "connect":
+        return await asyncio.open_connection("127.0.0.1", 9)
+    if what == "dns":
+        return await loop.getaddrinfo("localhost", 80, family=socket.AF_INET)
+    if what == "thread":
+        return await asyncio.to_thread(print)
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize("what", ["executor", "connect", "dns", "thread"])
+async def test_io_in_a_workflow_is_refused_with_advice(what: str) -> None:
+    async with TestEnv(app) as env:
+        run = await app.start(does_io, what)
+        await env.idle()
+        with pytest.raises(WorkflowSandboxError, match="Move this into a step"):
+            await run.result()
+
+
+def test_sandbox_error_is_a_runtime_error() -> None:
+    assert issubclass(WorkflowSandboxError, RuntimeError)
