@@ -30,7 +30,7 @@ async def checkout(ctx: replay.Context, order_id: str, cents: int) -> dict[str, 
     shipped = await ctx.wait_for_event(
         "order.shipped", match={"order_id": order_id}, timeout=timedelta(days=7)
     )
-    a, b = await asyncio.gather(ctx.step(notify, "a"), ctx.step(notify, "b"))
+    a, b = await asyncio.gather(ctx.step(notify, "a"), ctx.step(notify, "b"))  # noqa: RUF059
     return {"receipt": receipt, "shipped": shipped is not None}
 
 

@@ -47,7 +47,7 @@ async def test_a_changed_command_parks_the_run_with_a_side_by_side_diff() -> Non
         await app1.start(order1, run_id="r")
         await env.idle()
         before = await app1.get_run("r").journal()
-    app2, order2 = make_app(2)
+    app2, _order2 = make_app(2)
     async with TestEnv(app2, store=store) as env:
         await env.advance(timedelta(hours=1))
         run = app2.get_run("r")

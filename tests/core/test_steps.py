@@ -113,7 +113,7 @@ async def times_out(ctx: replay.Context) -> str:
 
 
 async def test_a_step_timeout_fails_the_attempt() -> None:
-    async with TestEnv(app) as env:
+    async with TestEnv(app):
         run = await app.start(times_out)
         assert await run.result(timeout=10) == "TimeoutError"
 
@@ -169,7 +169,7 @@ async def sees_json(ctx: replay.Context) -> str:
 
 
 async def test_live_runs_see_results_as_they_read_back_from_the_journal() -> None:
-    async with TestEnv(app) as env:
+    async with TestEnv(app):
         run = await app.start(sees_json)
         assert await run.result() == "list"
 
