@@ -47,6 +47,12 @@ class WorkerLocks:
         """
         if worker_id in self._held:
             return
+        try:
+            self._acquire(worker_id)
+        except OSError as exc:
+            raise StoreError(f"cannot take the lock of worker {worker_id!r}: {exc}") from None
+
+    def _acquire(self, worker_id: str) -> None:
         os.makedirs(self.directory, exist_ok=True)
         path = self.path(worker_id)
         busy = 0

@@ -47,6 +47,7 @@ from replay.stores.base import Claim, EventRecord, NewRun, Notice, RunInfo, RunU
 __all__ = ("Durability", "SqliteStore")
 
 Durability = Literal["full", "normal"]
+_DURABILITIES: dict[str, Durability] = {"full": "full", "normal": "normal"}
 T = TypeVar("T")
 
 
@@ -68,7 +69,10 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
         raise ValueError(
             f"unknown option(s) {', '.join(unknown)} in {url!r}: the SQLite store knows durability"
         )
-    return urllib.parse.unquote(rest[1:]), options
+    path = urllib.parse.unquote(rest[1:])
+    if path == ":memory:":
+        raise ValueError("an in-memory SQLite database cannot be shared by connections: use memory://")
+    return path, options
 
 
 class SqliteStore(Store):
@@ -94,13 +98,13 @@ class SqliteStore(Store):
         super().__init__()
         path, options = parse_url(url)
         chosen = durability or options.get("durability", "full")
-        if chosen not in ("full", "normal"):
+        if chosen not in _DURABILITIES:
             raise ValueError(f"durability must be 'full' or 'normal', got {chosen!r}")
         if readers < 1:
             raise ValueError(f"readers must be at least 1, got {readers!r}")
         self.url = url
         self.path = path
-        self.durability: Durability = chosen  # type: ignore[assignment]
+        self.durability: Durability = _DURABILITIES[chosen]
         self.busy_timeout = busy_timeout
         self._reader_count = readers
         self._locks = WorkerLocks(path + "-workers")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from replay.errors import SchemaError
+from replay.errors import SchemaError, StoreError
 from replay.stores import open_store
 from replay.stores._sqlite_schema import SCHEMA_VERSION
 from replay.stores.sqlite import SqliteStore, parse_url
@@ -91,6 +91,20 @@ async def test_durability_sets_synchronous(tmp_path: Path, option: str, level: i
         assert pragmas == (level, "wal")
     finally:
         await store.close()
+
+
+async def test_a_store_must_be_open(tmp_path: Path) -> None:
+    store = SqliteStore(url(tmp_path / "r.db"))
+    with pytest.raises(StoreError, match="not open"):
+        await store.get_run("r1")
+    with pytest.raises(StoreError, match="not open"):
+        await store.create_run(new_run("r1"))
+
+
+async def test_a_missing_directory_is_a_store_error(tmp_path: Path) -> None:
+    store = SqliteStore(url(tmp_path / "missing" / "r.db"))
+    with pytest.raises(StoreError, match="cannot open"):
+        await store.open()
 
 
 async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
