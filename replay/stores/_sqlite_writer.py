@@ -145,10 +145,11 @@ class Writer:
             conn.execute("COMMIT")
             self.commits += 1
             self.jobs += len(batch)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to every caller in the group
             # The group as a whole failed (the disk, a lock held too long): nothing of it stands.
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             error = StoreError(f"the SQLite store could not commit: {exc}")
             for p in batch:
                 p.error, p.notices = error, []

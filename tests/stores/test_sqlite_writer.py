@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from replay import journal as j
-from replay.errors import LeaseLost
+from replay.errors import LeaseLost, StoreError
 from replay.journal import Entry
+from replay.stores.base import Notice
 from replay.stores.sqlite import SqliteStore
-from replay.testing._conformance_kit import T0, W1, W2, Driven, begin
+from replay.testing._conformance_kit import T0, W1, W2, Driven, Notices, begin, event
 
 
 @pytest.fixture
@@ -113,3 +114,28 @@ async def test_reads_do_not_wait_for_the_writer(store: SqliteStore) -> None:
         assert not pending.done()
     await pending
     assert [e.seq for e in await store.read_journal(run.run_id)] == [1, 2]
+
+
+async def test_a_job_that_fails_after_writing_is_undone_alone(store: SqliteStore) -> None:
+    owned = await runs(store, 3)
+
+    def half_done(conn: sqlite3.Connection, notices: list[Notice]) -> None:
+        conn.execute("INSERT INTO events (id, name, data, at) VALUES ('half', 'x', '{}', 1.0)")
+        notices.append(Notice("ready", "nobody"))
+        conn.execute("SELECT * FROM no_such_table")
+
+    assert store._writer is not None
+    heard = Notices(store)
+    before = store.commits
+    with write_locked(store.path):
+        tasks = [asyncio.create_task(store.append(run.run_id, run.token, [step(run)])) for run in owned]
+        tasks.insert(1, asyncio.create_task(store._writer.submit(half_done)))
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert store.commits - before <= 2
+    assert isinstance(results[1], StoreError) and "no_such_table" in str(results[1])
+    assert [r for i, r in enumerate(results) if i != 1] == [None, None, None]
+    assert (await store.send_event(event("half", "y")))[1]  # the half-done insert was undone
+    assert ("ready", "nobody") not in heard.take()
+    for run in owned:
+        assert committed_seqs(store.path, run.run_id) == [1, 2]
