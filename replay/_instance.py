@@ -144,6 +144,7 @@ class Instance:
         self.new_ops: list[Op] = []
         self.error: NonDeterminismError | None = None
         self.outcome: Entry | None = None  # a terminal entry once the coroutine ends
+        self.journaled_end: Entry | None = None
         self.cancel_requested = False
         self._entries = journal
         self._deliver = 1
@@ -418,7 +419,7 @@ class Instance:
             self.cancel_requested = True
             self.root.cancel()
         elif kind in j.TERMINAL_KINDS:
-            self.outcome = entry
+            self.journaled_end = entry  # only a finished run's replay (check_replay) meets one
             return
         else:
             seq = data["op"]

@@ -3,6 +3,8 @@
 from typing import TYPE_CHECKING, Any
 
 from replay.clock import VirtualClock as VirtualClock
+from replay.testing.checks import ReplayProblem as ReplayProblem
+from replay.testing.checks import check_replay as check_replay
 from replay.testing.crash import CrashingStore as CrashingStore
 from replay.testing.crash import SimulatedCrash as SimulatedCrash
 from replay.testing.env import TestEnv as TestEnv
@@ -20,10 +22,12 @@ __all__ = (
     "CrashPoint",
     "CrashReport",
     "CrashingStore",
+    "ReplayProblem",
     "SimulatedCrash",
     "StoreConformance",
     "TestEnv",
     "VirtualClock",
+    "check_replay",
     "explore_crashes",
     "normalize_journals",
 )
