@@ -39,7 +39,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
-        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self._ready: collections.deque[asyncio.Handle] = collections.deque()  # read by the instance
         self._time = 0.0
         self._closed = False
         self._running = False

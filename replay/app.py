@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import os
 import uuid
+from asyncio.events import _get_running_loop
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, overload
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple
 import attrs
 
 from replay import journal as j
-from replay._loop import current_instance
+from replay._loop import WorkflowLoop
 from replay.clock import Clock, SystemClock
 from replay.errors import RunNotFound, error_from_data
 from replay.journal import Entry, round_trip
@@ -106,10 +107,10 @@ class StepDef(Generic[P, R]):
         self.__module__ = getattr(fn, "__module__", __name__)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        instance = current_instance()
-        if instance is None:
+        loop = _get_running_loop()
+        if type(loop) is not WorkflowLoop:
             return self.fn(*args, **kwargs)
-        return instance.ctx._step(self, args, kwargs, None, None, None)  # type: ignore[return-value]
+        return loop.instance.issue_step(self.step_name, self, args, kwargs, self.retry, self.timeout)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"<step {self.step_name!r}>"

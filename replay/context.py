@@ -140,13 +140,10 @@ class Context:
         retry: RetryPolicy | None,
         timeout: timedelta | None,
     ) -> asyncio.Future[Any]:
-        step_name_ = name or step_name(fn)
-        plain_args = round_trip(list(args), f"an argument of step {step_name_!r}")
-        plain_kwargs = round_trip(kwargs, f"a keyword argument of step {step_name_!r}") if kwargs else {}
         policy = retry or getattr(fn, "retry", None) or DEFAULT_RETRY
         if timeout is None:
             timeout = getattr(fn, "timeout", None)
-        return self._instance.issue_step(step_name_, fn, plain_args, plain_kwargs, policy, timeout)
+        return self._instance.issue_step(name or step_name(fn), fn, args, kwargs, policy, timeout)
 
     def sleep(self, delta: timedelta | float) -> asyncio.Future[None]:
         """A durable timer: wait ``delta`` (a timedelta or seconds), surviving restarts."""
