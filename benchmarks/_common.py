@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import platform
@@ -15,10 +16,8 @@ def versions() -> dict[str, str]:
     """Versions of what the figures depend on."""
     out = {"python": platform.python_version()}
     for name in ("replay", "orjson", "anyio", "asyncpg"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

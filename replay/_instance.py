@@ -302,7 +302,7 @@ class Instance:
                             loop = self.loop
                             if at > loop._time:
                                 loop._time = at
-                            fut = asyncio.Future(loop=loop)
+                            fut: asyncio.Future[Any] = asyncio.Future(loop=loop)
                             fut.set_result(done["result"])
                             return fut
                 else:
