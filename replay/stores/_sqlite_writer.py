@@ -1,23 +1,31 @@
-"""The SQLite store's one writer: a thread that commits queued writes in groups.
+"""The SQLite store's one writer: one connection, one thread for its fsyncs, group commit.
 
 Coroutines hand the writer a job (a function of the connection) and await its
-future. The thread takes every job queued by the time it is free, runs them in
-ONE transaction, each inside its own SAVEPOINT so that a job that raises (a
-stale lease token, say) is undone alone, then commits ONCE. Only after that
-commit are the jobs' notices delivered and their callers resumed, on each
-caller's own event loop. While one group commits (the fsync), the next queues:
-the more concurrent writers, the more jobs share an fsync.
+future. The writer takes every job queued by the time it is free and runs them
+in ONE transaction, each inside its own SAVEPOINT so that a job that raises (a
+stale lease token, say) is undone alone; then it commits ONCE. Only after that
+commit are the jobs' notices delivered and their callers resumed. While one
+group commits, the next queues: the more concurrent writers, the more jobs
+share an fsync.
+
+Where the work runs is chosen for CPython's GIL. The jobs' statements are short
+and CPU-bound, so they run on the event loop's thread: a thread of their own
+would hand the GIL back and forth at every statement, and under load that
+costs ten times the SQL itself. What blocks runs on the writer thread: the
+COMMIT (the fsync) and, when another process holds the write lock, the wait
+for it. So a group costs one round trip to the thread, however many jobs it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import attrs
@@ -31,30 +39,27 @@ T = TypeVar("T")
 
 log = logging.getLogger("replay.stores.sqlite")
 
-#: A job: runs in the writer thread inside the open transaction; appends the
-#: notices to deliver once the transaction commits, and returns the result.
+#: A job: runs inside the open transaction; appends the notices to deliver once
+#: the transaction commits, and returns the result.
 Job = Callable[[sqlite3.Connection, list[Notice]], T]
 
 
 @attrs.define(eq=False)
 class _Pending:
     job: Job[Any]
-    loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     result: Any = None
     error: BaseException | None = None
     notices: list[Notice] = attrs.Factory(list)
 
 
-_STOP = object()
-
-
 class Writer:
-    """Owns the write connection and its thread.
+    """Owns the write connection, the queue of jobs and the thread that commits.
 
     Args:
-        connect: opens the write connection (called in the writer thread).
-        deliver: hands one notice to this process's listeners (called on the loop).
+        connect: opens the write connection (called on the writer thread).
+        deliver: hands one notice to this process's listeners.
+        busy_timeout: seconds to wait for another process's write lock.
         max_batch: the most jobs one transaction takes.
     """
 
@@ -63,78 +68,89 @@ class Writer:
         connect: Callable[[], sqlite3.Connection],
         deliver: Callable[[Notice], None],
         *,
+        busy_timeout: float,
         max_batch: int = 1000,
     ) -> None:
         self._connect = connect
         self._deliver = deliver
+        self._busy_ms = int(busy_timeout * 1000)
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._conn: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._inflight: concurrent.futures.Future[Any] | None = None  # the thread's latest call
         #: Transactions committed: each one is one fsync of the WAL under synchronous=FULL.
         self.commits = 0
         #: Jobs committed.
         self.jobs = 0
+        #: Groups that had to wait for another connection's write lock.
+        self.lock_waits = 0
 
     async def start(self) -> None:
-        """Open the connection and start the thread; raises what opening raised."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        self._thread = threading.Thread(target=self._main, args=(loop, ready), name="replay-sqlite-writer")
-        self._thread.daemon = True
-        self._thread.start()
-        await ready
+        """Start the thread and open the connection; raises what opening raised."""
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="replay-sqlite-writer")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(self._thread, self._connect)
+        except BaseException:
+            self._thread.shutdown()
+            self._thread = None
+            raise
+        conn.execute("PRAGMA busy_timeout = 0")  # lock waits happen on the thread, not the loop
+        self._conn = conn
+        self._accepting = True
 
     async def submit(self, job: Job[T]) -> T:
         """Run ``job`` in the next group; returns its result once its group committed."""
-        if self._thread is None:
+        if not self._accepting:
             raise StoreError("the SQLite store is not open: call `await store.open()` first")
         loop = asyncio.get_running_loop()
-        pending = _Pending(job, loop, loop.create_future())
-        self._queue.put(pending)
+        pending = _Pending(job, loop.create_future())
+        self._queue.append(pending)
+        drain = self._drain
+        if drain is None or drain.done():
+            self._drain = loop.create_task(self._run_groups(), name="replay-sqlite-writer")
+        elif drain.get_loop() is not loop:
+            self._queue.remove(pending)
+            raise StoreError("the SQLite store is in use by another event loop")
         result: T = await pending.future
         return result
 
     async def stop(self) -> None:
-        """Finish the jobs queued so far, then close the connection and end the thread."""
-        thread, self._thread = self._thread, None
+        """Commit the jobs queued so far, then close the connection and end the thread."""
+        self._accepting = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            await asyncio.wait([drain])
+        conn, thread = self._conn, self._thread
+        self._conn = self._thread = None
         if thread is not None:
-            self._queue.put(_STOP)
-            await asyncio.to_thread(thread.join)
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(thread, conn.close)
+            thread.shutdown()
 
-    # -- the thread ------------------------------------------------------------------------
+    # -- groups ----------------------------------------------------------------------------
 
-    def _main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
-        try:
-            conn = self._connect()
-        except BaseException as exc:  # noqa: BLE001 - handed to the opener
-            loop.call_soon_threadsafe(_settle_start, ready, exc)
-            return
-        loop.call_soon_threadsafe(_settle_start, ready, None)
-        try:
-            stop = False
-            while not stop:
-                batch: list[_Pending] = []
-                item = self._queue.get()
-                while True:
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)
-                    if len(batch) >= self._max_batch:
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                if batch:
-                    self._run(conn, batch)
-        finally:
-            conn.close()
+    async def _run_groups(self) -> None:
+        # The one task that uses the connection: groups never overlap.
+        while self._queue:
+            group = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+            await self._run(group)
 
-    def _run(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+    async def _run(self, group: list[_Pending]) -> None:
+        conn, thread = self._conn, self._thread
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for p in batch:
+            if conn is None or thread is None:
+                raise StoreError("the SQLite store was closed")
+            await self._settle(conn)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                # Another process is writing: wait for its lock on the thread, not here.
+                self.lock_waits += 1
+                await self._on_thread(thread, self._begin_waiting, conn)
+            for p in group:
                 conn.execute("SAVEPOINT job")
                 try:
                     p.result = p.job(conn, p.notices)
@@ -142,27 +158,30 @@ class Writer:
                     conn.execute("ROLLBACK TO job")
                     p.error, p.notices = _store_error(exc), []
                 conn.execute("RELEASE job")
-            conn.execute("COMMIT")
+            await self._on_thread(thread, conn.execute, "COMMIT")
             self.commits += 1
-            self.jobs += len(batch)
+            self.jobs += len(group)
+        except asyncio.CancelledError:
+            # The loop is going away. A COMMIT already handed to the thread still
+            # completes there, before anything else the thread runs (it runs one
+            # thing at a time); the callers are told they were cancelled.
+            for p in group:
+                p.future.cancel()
+            raise
         except Exception as exc:  # noqa: BLE001 - handed to every caller in the group
             # The group as a whole failed (the disk, a lock held too long): nothing of it stands.
-            if conn.in_transaction:
+            if conn is not None and conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            error = StoreError(f"the SQLite store could not commit: {exc}")
-            for p in batch:
+            error = (
+                exc
+                if isinstance(exc, StoreError)
+                else StoreError(f"the SQLite store could not commit: {exc}")
+            )
+            for p in group:
                 p.error, p.notices = error, []
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
-        for p in batch:
-            by_loop.setdefault(p.loop, []).append(p)
-        for loop, done in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
-                loop.call_soon_threadsafe(self._resolve, done)
-
-    def _resolve(self, done: list[_Pending]) -> None:
         # Notices first, as a memory store delivers them before the call returns.
-        for p in done:
+        for p in group:
             for notice in p.notices:
                 try:
                     self._deliver(notice)
@@ -174,14 +193,25 @@ class Writer:
                 else:
                     p.future.set_result(p.result)
 
+    async def _on_thread(self, thread: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> None:
+        self._inflight = thread.submit(fn, *args)
+        await asyncio.wrap_future(self._inflight)
 
-def _settle_start(ready: asyncio.Future[None], exc: BaseException | None) -> None:
-    if ready.done():
-        return
-    if exc is None:
-        ready.set_result(None)
-    else:
-        ready.set_exception(exc)
+    async def _settle(self, conn: sqlite3.Connection) -> None:
+        # A group cancelled while the thread worked on it left that call running,
+        # and maybe a transaction open: finish the one and roll back the other.
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            await asyncio.wait([asyncio.wrap_future(inflight)])
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def _begin_waiting(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
 
 
 def _store_error(exc: Exception) -> Exception:

@@ -8,12 +8,16 @@
   (or ``durability="normal"``) fsyncs only at checkpoints: a power loss may then
   drop the last commits, though never corrupt the file; a process crash loses nothing.
 - **One writer, group commit.** Every write (create, append, claim, event...) is
-  queued to one writer thread, which runs all that is queued in ONE transaction
-  with ONE commit, each write in its own SAVEPOINT so that a write that fails (a
-  stale lease token) fails alone. Callers resume after that commit.
-  ``store.commits`` counts the commits.
-- **Readers in parallel.** Reads run on a small pool of threads, each with its
-  own connection; in WAL mode they never wait for the writer.
+  queued to the one writer connection, which runs all that is queued in ONE
+  transaction with ONE commit, each write in its own SAVEPOINT so that a write
+  that fails (a stale lease token) fails alone. Callers resume after that
+  commit. The commit (the fsync) runs on the writer's own thread while the
+  event loop goes on; ``store.commits`` counts the commits.
+- **Reads never wait for the writer.** They use their own connection, which in
+  WAL mode reads the last commit while the writer writes the next. A point read
+  costs about 15 µs, so it runs on the event loop's thread: handing it to a
+  thread pool would cost ~100 µs and pass the GIL to and fro (see
+  ``_sqlite_writer`` for why that matters).
 - **Ownership.** A registered worker holds an OS lock (``flock``) on a file in
   ``<db>-workers/``. When its process dies the kernel frees the lock, so any
   other process can claim its ``running`` runs at once; a live worker's runs are
@@ -32,7 +36,6 @@ import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, TypeVar
 
 from replay.errors import StoreError
@@ -83,7 +86,6 @@ class SqliteStore(Store):
             with ``?durability=normal``.
         durability: ``"full"`` (fsync every commit, the default) or ``"normal"``
             (fsync at checkpoints only); overrides the URL's option.
-        readers: threads (each with its own connection) that serve reads.
         busy_timeout: seconds to wait for another process's write lock.
     """
 
@@ -92,7 +94,6 @@ class SqliteStore(Store):
         url: str = "sqlite:///replay.db",
         *,
         durability: Durability | None = None,
-        readers: int = 4,
         busy_timeout: float = 30.0,
     ) -> None:
         super().__init__()
@@ -100,16 +101,12 @@ class SqliteStore(Store):
         chosen = durability or options.get("durability", "full")
         if chosen not in _DURABILITIES:
             raise ValueError(f"durability must be 'full' or 'normal', got {chosen!r}")
-        if readers < 1:
-            raise ValueError(f"readers must be at least 1, got {readers!r}")
         self.url = url
         self.path = path
         self.durability: Durability = _DURABILITIES[chosen]
         self.busy_timeout = busy_timeout
-        self._reader_count = readers
         self._locks = WorkerLocks(path + "-workers")
         self._writer: Writer | None = None
-        self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -125,7 +122,7 @@ class SqliteStore(Store):
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Check the file (creating it if new), migrate it, start the writer and readers.
+        """Check the file (creating it if new), migrate it and start the writer.
 
         Raises:
             SchemaError: the file is not a replay database, is corrupt, or is newer.
@@ -134,19 +131,15 @@ class SqliteStore(Store):
         if self._writer is not None:
             return
         await asyncio.to_thread(self._prepare)
-        writer = Writer(self._connect_writer, self._deliver)
+        writer = Writer(self._connect_writer, self._deliver, busy_timeout=self.busy_timeout)
         await writer.start()
         self._writer = writer
-        self._pool = ThreadPoolExecutor(self._reader_count, thread_name_prefix="replay-sqlite-read")
 
     async def close(self) -> None:
         """Commit what is queued, close every connection and drop this process's worker locks."""
         writer, self._writer = self._writer, None
-        pool, self._pool = self._pool, None
         if writer is not None:
             await writer.stop()
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown)
         with self._conns_lock:
             conns, self._read_conns = self._read_conns, []
         for conn in conns:
@@ -168,7 +161,7 @@ class SqliteStore(Store):
             conn.close()
 
     def _connect_writer(self) -> sqlite3.Connection:
-        conn = self._connect()
+        conn = self._connect(check_same_thread=False)  # statements on the loop, COMMIT on the thread
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
         return conn
@@ -183,13 +176,9 @@ class SqliteStore(Store):
             raise StoreError(f"{self!r} is not open: call `await store.open()` first")
         return await self._writer.submit(job)
 
-    async def _read(self, fn: Callable[..., T], *args: object) -> T:
-        if self._pool is None:
+    def _read(self, fn: Callable[..., T], *args: object) -> T:
+        if self._writer is None:
             raise StoreError(f"{self!r} is not open: call `await store.open()` first")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self._in_reader, fn, *args))
-
-    def _in_reader(self, fn: Callable[..., T], *args: object) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect(check_same_thread=False)
@@ -215,7 +204,7 @@ class SqliteStore(Store):
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         """The run with that id, if any."""
-        return await self._read(reads.get_run, run_id)
+        return self._read(reads.get_run, run_id)
 
     async def list_runs(
         self,
@@ -227,11 +216,11 @@ class SqliteStore(Store):
         limit: int = 100,
     ) -> list[RunInfo]:
         """Runs, newest first, filtered by workflow, status and creation time."""
-        return await self._read(reads.list_runs, workflow, status, since, until, limit)
+        return self._read(reads.list_runs, workflow, status, since, until, limit)
 
     async def read_journal(self, run_id: str) -> list[Entry]:
         """A run's journal, in order."""
-        return await self._read(reads.read_journal, run_id)
+        return self._read(reads.read_journal, run_id)
 
     async def request_cancel(self, run_id: str, at: float) -> RunInfo | None:
         """Flag a run for cancellation and wake it."""
@@ -283,8 +272,8 @@ class SqliteStore(Store):
 
     async def poll_waits(self, run_id: str) -> list[tuple[int, EventRecord]]:
         """For each open wait of the run, the first matching event, if one arrived."""
-        return await self._read(reads.poll_waits, run_id)
+        return self._read(reads.poll_waits, run_id)
 
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
         """The earliest ``wake_at`` among suspended runs of these workflows."""
-        return await self._read(reads.next_wake_at, tuple(workflows))
+        return self._read(reads.next_wake_at, tuple(workflows))

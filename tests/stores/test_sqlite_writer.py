@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,6 +48,15 @@ def committed_seqs(path: str, run_id: str) -> list[int]:
         ]
     finally:
         conn.close()
+
+
+async def turns_until(condition: Callable[[], bool]) -> None:
+    """Let the event loop run a few turns (no time passes) until ``condition`` holds."""
+    for _ in range(10):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition did not come true within 10 loop turns")
 
 
 async def runs(store: SqliteStore, n: int) -> list[Driven]:
@@ -107,8 +116,8 @@ async def test_reads_do_not_wait_for_the_writer(store: SqliteStore) -> None:
     [run] = await runs(store, 1)
     with write_locked(store.path):
         pending = asyncio.create_task(store.append(run.run_id, run.token, [step(run)]))
-        await asyncio.sleep(0)
-        info = await store.get_run(run.run_id)  # served while the writer is stuck
+        await turns_until(lambda: store._writer is not None and store._writer.lock_waits == 1)
+        info = await store.get_run(run.run_id)  # served while the writer waits for the lock
         assert info is not None and info.status == "running"
         assert [e.seq for e in await store.read_journal(run.run_id)] == [1]
         assert not pending.done()
@@ -139,3 +148,22 @@ async def test_a_job_that_fails_after_writing_is_undone_alone(store: SqliteStore
     assert ("ready", "nobody") not in heard.take()
     for run in owned:
         assert committed_seqs(store.path, run.run_id) == [1, 2]
+
+
+async def test_the_writer_recovers_from_a_group_cancelled_mid_way(store: SqliteStore) -> None:
+    first, second = await runs(store, 2)
+    writer = store._writer
+    assert writer is not None
+    with write_locked(store.path):
+        cancelled = asyncio.create_task(store.append(first.run_id, first.token, [step(first)]))
+        await turns_until(lambda: writer.lock_waits == 1)
+        assert writer._drain is not None
+        writer._drain.cancel()  # as a loop shutting down would, while the thread waits for the lock
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+    # The thread's BEGIN went through once the lock was free; the next group rolls it back.
+    await store.append(second.run_id, second.token, [step(second)])
+    assert committed_seqs(store.path, second.run_id) == [1, 2]
+    assert committed_seqs(store.path, first.run_id) == [1]
+    await store.append(first.run_id, first.token, [step(first)])
+    assert committed_seqs(store.path, first.run_id) == [1, 2]
