@@ -98,7 +98,8 @@ class Worker:
         keep_hot: a run with no step running stays in memory if its next timer
             is due within this many seconds; otherwise it is suspended and evicted.
         poll_interval: also look for claimable runs this often (seconds), for
-            stores whose other processes cannot notify this one; None for never.
+            stores whose other processes cannot notify this one; default: the
+            store's ``poll_interval``.
         seed: seed for retry jitter (tests).
         on_step: called as each step attempt starts (tests count executions with it).
     """
@@ -122,7 +123,7 @@ class Worker:
         self.worker_id = worker_id or f"{app.name}-{uuid.uuid4().hex[:12]}"
         self.max_runs = max_runs
         self.keep_hot = keep_hot
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval if poll_interval is not None else store.poll_interval
         self.rng = random.Random(seed)
         self.on_step = on_step
         self.activity = Activity()

@@ -160,6 +160,9 @@ class Store(abc.ABC):
     """A durable home for runs, journals, waits and events. See the module docstring."""
 
     url: str = ""
+    #: How often a worker should also look for claimable runs, in seconds: for a
+    #: store that other processes write to without notifying this one. None: never.
+    poll_interval: float | None = None
 
     def __init__(self) -> None:
         self._listeners: list[Callable[[Notice], None]] = []

@@ -25,7 +25,8 @@
 - **Schema.** Versioned migrations; a file that is not a replay database, is
   corrupt, or comes from a newer replay raises ``SchemaError`` and is left as it was.
 - **Notices** reach listeners in this process; workers in other processes find
-  new work with ``Worker(poll_interval=...)``.
+  new work by polling every ``poll_interval`` seconds (1 s by default; set
+  ``Worker(poll_interval=...)`` to change it).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class SqliteStore(Store):
             (fsync at checkpoints only); overrides the URL's option.
         busy_timeout: seconds to wait for another process's write lock.
     """
+
+    poll_interval: float | None = 1.0
 
     def __init__(
         self,
