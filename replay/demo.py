@@ -13,6 +13,7 @@ import asyncio
 import sys
 import time
 from datetime import timedelta
+from typing import Any
 
 import replay
 
@@ -70,7 +71,7 @@ async def main() -> None:
     await app.close()
 
 
-async def _waiting(run: replay.RunHandle[object]) -> bool:
+async def _waiting(run: replay.RunHandle[Any]) -> bool:
     kinds = [e.kind for e in await run.journal()]
     return "wait_started" in kinds or kinds[-1] == "workflow_completed"
 
