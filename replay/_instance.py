@@ -554,7 +554,8 @@ class Instance:
         """
         self.closed = True
         self.ops.clear()
-        tasks = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        # The loop's own list: asyncio.all_tasks walks every task in the process.
+        tasks = [t for t in self.loop.tasks if not t.done()]
         previous = events._get_running_loop()
         events._set_running_loop(self.loop)
         try:

@@ -44,6 +44,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._closed = False
         self._running = False
         self._task_count = 0
+        self.tasks: list[asyncio.Task[Any]] = []  # every task of this workflow, for closing
         self._exceptions: list[dict[str, Any]] = []
 
     # -- driving -----------------------------------------------------------------
@@ -135,7 +136,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             coro = _await(coro)
         if name is None:
             name = f"{self.instance.run_id}:task-{self._task_count}"
-        return asyncio.Task(coro, loop=self, name=name, context=context)
+        task = asyncio.Task(coro, loop=self, name=name, context=context)
+        self.tasks.append(task)
+        return task
 
     def get_task_factory(self) -> None:
         return None

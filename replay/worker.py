@@ -136,6 +136,7 @@ class Worker:
         self._claim_task: asyncio.Task[None] | None = None
         self._unsubscribe: Any = None
         self._names: tuple[str, ...] = ()
+        self._halted = False
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -166,6 +167,7 @@ class Worker:
 
     def halt(self) -> None:
         """Stop at once, writing nothing more: what a process death looks like."""
+        self._halted = True
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -217,7 +219,7 @@ class Worker:
             self._wake_event.set()
 
     async def _claim_loop(self) -> None:
-        while True:
+        while not self._halted:
             try:
                 await self._claim_pass()
             except asyncio.CancelledError:
@@ -234,8 +236,11 @@ class Worker:
             if self.poll_interval is None:
                 await self._wake_event.wait()
             else:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that races the event, and the loop would outlive stop().
                 try:
-                    await asyncio.wait_for(self._wake_event.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake_event.wait()
                 except TimeoutError:
                     self._wake()
             self._wake_pending = False
