@@ -1,0 +1,136 @@
+"""W3: 200 workflows of 20 steps, each step sleeping 50 ms; kill -9 the worker
+process ~1 s in; start a fresh one; seconds from its start until all complete.
+
+Also counted: steps whose completion was journaled before the kill and that
+ran again (must be 0), and steps in flight at the kill that ran again.
+
+    python benchmarks/recovery.py [--runs 200] [--steps 20] [--kill-after 1.0] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import report
+
+HERE = Path(__file__).parent
+
+WORKER = """
+import asyncio, os, sys, time
+sys.path.insert(0, {here!r})
+import replay
+from replay.stores.sqlite import SqliteStore
+
+app = replay.App("bench-recovery", store=SqliteStore({url!r}))
+log = open({log!r}, "a", buffering=1)
+
+@app.step()
+async def add_one_slowly(x: int) -> int:
+    info = replay.current_step()
+    log.write(f"{{info.run_id}} {{info.seq}} {{info.attempt}}\\n")
+    await asyncio.sleep(0.05)
+    return x + 1
+
+@app.workflow()
+async def slow_chain(ctx: replay.Context, n: int) -> int:
+    x = 0
+    for _ in range(n):
+        x = await add_one_slowly(x)
+    return x
+
+async def main():
+    async with app.worker():
+        if {start!r}:
+            await asyncio.gather(*(app.start(slow_chain, {steps}, run_id=f"r{{i}}") for i in range({runs})))
+        print("ready", time.time(), flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def spawn(db: Path, log: Path, runs: int, steps: int, start: bool) -> tuple[subprocess.Popen[str], float]:
+    code = WORKER.format(here=str(HERE), url=f"sqlite:///{db}", log=str(log), start=start, runs=runs, steps=steps)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "ready", line
+    return proc, time.time()
+
+
+def completed(db: Path) -> set[tuple[str, int]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT run_id, entry FROM journal").fetchall()
+    done = set()
+    for run_id, entry in rows:
+        if b'"step_completed"' in entry:
+            seq = int(entry.split(b'"op":', 1)[1].split(b",", 1)[0].split(b"}", 1)[0])
+            done.add((run_id, seq))
+    return done
+
+
+def finished(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        (n,) = conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'completed'").fetchone()
+    return int(n)
+
+
+def once(runs: int, steps: int, kill_after: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db, log = Path(tmp) / "w3.db", Path(tmp) / "steps.log"
+        first, _ = spawn(db, log, runs, steps, start=True)
+        time.sleep(kill_after)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        before = log.read_text().splitlines()
+        done = completed(db)
+        second, ready = spawn(db, log, runs, steps, start=False)
+        while finished(db) < runs:
+            time.sleep(0.005)
+        recovery = time.time() - ready
+        second.kill()
+        second.wait()
+        after = log.read_text().splitlines()[len(before) :]
+    rerun_completed = sum(1 for line in after if (line.split()[0], int(line.split()[1])) in done)
+    in_flight = {(x.split()[0], int(x.split()[1])) for x in before} - done
+    rerun_in_flight = sum(1 for line in after if (line.split()[0], int(line.split()[1])) in in_flight)
+    return {
+        "recovery_s": round(recovery, 3),
+        "completed_before_kill": len(done),
+        "completed_steps_rerun": rerun_completed,
+        "in_flight_steps_rerun": rerun_in_flight,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--kill-after", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    results = [once(args.runs, args.steps, args.kill_after) for _ in range(args.repeat)]
+    figures = {
+        "workflows": args.runs,
+        "steps": args.steps,
+        "recovery_s": statistics.median(r["recovery_s"] for r in results),
+        "completed_steps_rerun": max(r["completed_steps_rerun"] for r in results),
+        "in_flight_steps_rerun": [r["in_flight_steps_rerun"] for r in results],
+        "completed_before_kill": [r["completed_before_kill"] for r in results],
+        "recoveries_s": [r["recovery_s"] for r in results],
+    }
+    report("W3 recovery", "sqlite", figures)
+
+
+if __name__ == "__main__":
+    main()
