@@ -2,10 +2,10 @@
 
 It runs the workflow once without a crash, counting the journal appends, then
 once per append and phase with a simulated process death there, each time on a
-fresh memory store and virtual clock, and checks that every crashed run ends
-with the same outcome and the same journal (up to the order of independent
-branches and the exact times), and that no step whose completion was journaled
-before the crash ran again.
+fresh store (a memory store unless told otherwise) and virtual clock, and
+checks that every crashed run ends with the same outcome and the same journal
+(up to the order of independent branches and the exact times), and that no step
+whose completion was journaled before the crash ran again.
 """
 
 from __future__ import annotations
@@ -165,6 +165,8 @@ class _Attempt:
     store: CrashingStore
     executions: list[tuple[str, int, str, int]] = attrs.Factory(list)  # run, seq, name, generation
     generation: int = 1
+    #: Every run's journal as the attempt left it, read before its store closed.
+    journals: dict[str, list[Entry]] = attrs.Factory(dict)
 
     def on_step(self, info: StepInfo) -> None:
         self.executions.append((info.run_id, info.seq, info.name, self.generation))
@@ -192,6 +194,8 @@ class _Attempt:
                 await self.settle(env)
                 info = await handle.info()
                 if info.status in TERMINAL_STATUSES:
+                    # Read now: leaving the TestEnv closes the store.
+                    self.journals = await _journals(self.store.inner)
                     return await _outcome(handle)
                 if await self._respond(sent):
                     continue
@@ -226,11 +230,13 @@ async def explore_crashes(
     phases: tuple[Phase, ...] = ("before", "after"),
     max_rounds: int = 10_000,
     raise_on_divergence: bool = True,
+    store_factory: Callable[[], Store] | None = None,
 ) -> CrashReport:
     """Run ``workflow(*args)`` with a crash at every journal append; compare each to no crash.
 
-    Each run uses a fresh memory store and virtual clock; timers fire as soon as
-    nothing else can happen.
+    Each run uses a fresh store from ``store_factory`` (a ``MemoryStore`` by
+    default) and a virtual clock; timers fire as soon as nothing else can happen.
+    Each store is opened when its run begins and closed when it ends.
 
     Args:
         app: the app the workflow is registered on.
@@ -243,24 +249,28 @@ async def explore_crashes(
         phases: which crash phases to try: "before" an append is durable, "after" it.
         max_rounds: a bound on scheduling rounds per run.
         raise_on_divergence: raise ``CrashExplorationError`` if any point diverges.
+        store_factory: makes a new, empty, unopened store for each run (the
+            crash-free one and one per crash point), so crashes run on that kind of
+            store; it must never hand out the same store or data twice.
 
     Returns:
         The report: the crash-free outcome and one ``CrashPoint`` per crash.
     """
     responder = _responder(events)
-    base = _Attempt(app, responder, CrashingStore(MemoryStore()))
+    fresh: Callable[[], Store] = store_factory if store_factory is not None else MemoryStore
+    base = _Attempt(app, responder, CrashingStore(fresh()))
     outcome = await base.run(workflow, args, max_rounds)
-    journal = normalize_journals(await _journals(base.store.inner))
+    journal = normalize_journals(base.journals)
     appends = base.store.appends
     points: list[CrashPoint] = []
     for k in range(1, appends + 1):
         for phase in phases:
-            attempt = _Attempt(app, responder, CrashingStore(MemoryStore(), crash_at=k, phase=phase))
+            attempt = _Attempt(app, responder, CrashingStore(fresh(), crash_at=k, phase=phase))
             got = await attempt.run(workflow, args, max_rounds)
             problems: list[str] = []
             if got != outcome:
                 problems.append(f"outcome {got!r} != crash-free {outcome!r}")
-            now = normalize_journals(await _journals(attempt.store.inner))
+            now = normalize_journals(attempt.journals)
             if now != journal:
                 missing = sorted((Counter(journal) - Counter(now)).elements())[:5]
                 extra = sorted((Counter(now) - Counter(journal)).elements())[:5]
