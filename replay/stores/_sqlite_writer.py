@@ -33,7 +33,7 @@ import attrs
 from replay.errors import StoreError
 from replay.stores.base import Notice
 
-__all__ = ("Job", "Writer")
+__all__ = ("Job", "Writer", "before_commit")
 
 T = TypeVar("T")
 
@@ -42,6 +42,14 @@ log = logging.getLogger("replay.stores.sqlite")
 #: A job: runs inside the open transaction; appends the notices to deliver once
 #: the transaction commits, and returns the result.
 Job = Callable[[sqlite3.Connection, list[Notice]], T]
+
+#: A test hook, None in production. When set, every group calls it on the event
+#: loop's thread as ``before_commit(conn, jobs)``, inside the group's transaction,
+#: after all ``jobs`` ran and right before the COMMIT goes to the writer thread:
+#: the one moment a group is complete but not yet durable. The crash tests set it
+#: in a worker process to kill that process there (tests/recovery/test_sigkill.py).
+#: What it raises fails the group. Set it in tests only; it is one global lookup.
+before_commit: Callable[[sqlite3.Connection, int], None] | None = None
 
 
 @attrs.define(eq=False)
@@ -158,6 +166,8 @@ class Writer:
                     conn.execute("ROLLBACK TO job")
                     p.error, p.notices = _store_error(exc), []
                 conn.execute("RELEASE job")
+            if before_commit is not None:
+                before_commit(conn, len(group))
             await self._on_thread(thread, conn.execute, "COMMIT")
             self.commits += 1
             self.jobs += len(group)
