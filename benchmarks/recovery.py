@@ -10,7 +10,6 @@ ran again (must be 0), and steps in flight at the kill that ran again.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sqlite3
@@ -60,7 +59,9 @@ asyncio.run(main())
 
 
 def spawn(db: Path, log: Path, runs: int, steps: int, start: bool) -> tuple[subprocess.Popen[str], float]:
-    code = WORKER.format(here=str(HERE), url=f"sqlite:///{db}", log=str(log), start=start, runs=runs, steps=steps)
+    code = WORKER.format(
+        here=str(HERE), url=f"sqlite:///{db}", log=str(log), start=start, runs=runs, steps=steps
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().split()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
@@ -51,7 +52,7 @@ async def once(url: str, steps: int) -> list[float]:
     finally:
         app.restore_store(previous)
         await store.close()
-    return [(b - a) * 1000 for a, b in zip(starts, starts[1:], strict=False)]
+    return [(b - a) * 1000 for a, b in itertools.pairwise(starts)]
 
 
 def main() -> None:
