@@ -19,6 +19,7 @@ from replay.errors import SerializationError as SerializationError
 from replay.errors import StepFailed as StepFailed
 from replay.errors import StoreError as StoreError
 from replay.errors import WorkflowFailed as WorkflowFailed
+from replay.errors import WorkflowSandboxError as WorkflowSandboxError
 from replay.errors import WorkflowTimeout as WorkflowTimeout
 from replay.policies import RetryPolicy as RetryPolicy
 from replay.stores.base import RunInfo as RunInfo
@@ -44,6 +45,7 @@ __all__ = (
     "StoreError",
     "WorkflowDef",
     "WorkflowFailed",
+    "WorkflowSandboxError",
     "WorkflowTimeout",
     "current_step",
 )

@@ -149,6 +149,7 @@ class Instance:
         self._entries = journal
         self._deliver = 1
         self._cmd = 1
+        self._last_command = max((i for i, e in enumerate(journal) if e.kind in j.COMMAND_KINDS), default=0)
         self._live = False
         self.next_seq = journal[-1].seq + 1
         self._loop_timers: dict[asyncio.TimerHandle, TimerOp] = {}
@@ -161,7 +162,10 @@ class Instance:
     @property
     def replaying(self) -> bool:
         """Whether the workflow is still catching up with its journal."""
-        return not self._live
+        if self._live:
+            return False
+        # Live once every completion is delivered and no journaled command is left.
+        return self._deliver < len(self._entries) or self._cmd <= self._last_command
 
     # -- replay ------------------------------------------------------------------
 

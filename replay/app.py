@@ -176,9 +176,9 @@ class App:
 
     Args:
         name: the application's name.
-        store: a store URL (``memory://``, ``sqlite:///path``, ``postgresql://...``)
-            or a ``Store``; default: the ``REPLAY_STORE`` environment variable,
-            else ``sqlite:///replay.db``.
+        store: a store URL (``memory://`` or ``sqlite:///path``) or a ``Store``;
+            default: the ``REPLAY_STORE`` environment variable, else
+            ``sqlite:///replay.db``.
         clock: where time comes from (tests use a virtual clock).
     """
 
@@ -450,6 +450,30 @@ class App:
         store = await self.store()
         if await store.request_cancel(run_id, self.clock.now()) is None:
             raise RunNotFound(f"no run with id {run_id!r}")
+
+    async def retry(self, run_id: str) -> RunHandle[Any]:
+        """Resume a run parked by a ``NonDeterminismError``, once the code is fixed.
+
+        The run goes back to ``pending`` with its journal untouched, and a worker
+        replays it on the current code. A run whose journal ended (completed,
+        failed by its own error, cancelled) is final and cannot be retried.
+
+        Raises:
+            RunNotFound: no run has this id.
+            ValueError: the run is not parked.
+        """
+        store = await self.store()
+        info = await store.get_run(run_id)
+        if info is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        journal = await store.read_journal(run_id)
+        if info.status != "failed" or (journal and journal[-1].kind in j.TERMINAL_KINDS):
+            raise ValueError(
+                f"run {run_id!r} is {info.status} and its journal is final; only a run parked "
+                "by a NonDeterminismError (failed, with no end in its journal) can be retried"
+            )
+        await store.requeue(run_id, self.clock.now())
+        return RunHandle(self, run_id)
 
     def worker(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Worker]:
         """Run a worker in the background of this process while the block runs.

@@ -231,6 +231,18 @@ def request_cancel(conn: sqlite3.Connection, notices: list[Notice], run_id: str,
     return get_run(conn, run_id)
 
 
+def requeue(conn: sqlite3.Connection, notices: list[Notice], run_id: str, at: float) -> RunInfo | None:
+    """Put a failed run back to pending, its error cleared."""
+    cur = conn.execute(
+        "UPDATE runs SET status = 'pending', error = NULL, wake_at = NULL, owner = NULL, updated_at = ? "
+        "WHERE run_id = ? AND status = 'failed'",
+        (at, run_id),
+    )
+    if cur.rowcount:
+        notices.append(Notice("ready", run_id))
+    return get_run(conn, run_id)
+
+
 def send_event(
     conn: sqlite3.Connection, notices: list[Notice], event: EventRecord, data: bytes
 ) -> tuple[EventRecord, bool]:

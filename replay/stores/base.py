@@ -217,6 +217,15 @@ class Store(abc.ABC):
         """Flag a run for cancellation and wake it; None for an unknown run."""
 
     @abc.abstractmethod
+    async def requeue(self, run_id: str, at: float) -> RunInfo | None:
+        """Put a ``failed`` run back to ``pending``, its error cleared, for a worker to replay.
+
+        Used for runs parked by a ``NonDeterminismError``, whose journal has no
+        terminal entry. A run in any other status is returned unchanged; None for
+        an unknown run.
+        """
+
+    @abc.abstractmethod
     async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
         """Store an event (idempotent on its id) and wake the runs waiting for it.
 

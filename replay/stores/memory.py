@@ -117,6 +117,17 @@ class MemoryStore(Store):
         self._wake(run, at)
         return run.info
 
+    async def requeue(self, run_id: str, at: float) -> RunInfo | None:
+        """Put a failed run back to pending."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        if run.info.status == "failed":
+            run.info = attrs.evolve(run.info, status="pending", error=None, wake_at=None, updated_at=at)
+            run.owner = None
+            self.notify("ready", run_id)
+        return run.info
+
     async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
         """Store an event and wake the runs waiting for it."""
         existing = self._event_ids.get(event.id)

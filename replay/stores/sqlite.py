@@ -229,6 +229,10 @@ class SqliteStore(Store):
         """Flag a run for cancellation and wake it."""
         return await self._submit(functools.partial(writes.request_cancel, run_id=run_id, at=at))
 
+    async def requeue(self, run_id: str, at: float) -> RunInfo | None:
+        """Put a failed run back to pending."""
+        return await self._submit(functools.partial(writes.requeue, run_id=run_id, at=at))
+
     async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
         """Store an event (idempotent on its id) and wake the runs waiting for it."""
         data = encode_value(event.data, f"the data of event {event.name!r}")

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from replay.clock import VirtualClock as VirtualClock
 from replay.testing.checks import ReplayProblem as ReplayProblem
 from replay.testing.checks import check_replay as check_replay
+from replay.testing.checks import replay_entries as replay_entries
 from replay.testing.crash import CrashingStore as CrashingStore
 from replay.testing.crash import SimulatedCrash as SimulatedCrash
 from replay.testing.env import TestEnv as TestEnv
@@ -30,6 +31,7 @@ __all__ = (
     "check_replay",
     "explore_crashes",
     "normalize_journals",
+    "replay_entries",
 )
 
 

@@ -10,7 +10,7 @@ from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError, SerializationError
 from replay.journal import Entry
 from replay.stores.base import NewRun, RunUpdate, Store
-from replay.testing._conformance_kit import T0, W1, W2, Cases, begin, claimed_ids, new_run
+from replay.testing._conformance_kit import T0, W1, W2, Cases, Notices, begin, claimed_ids, new_run
 
 __all__ = ("RunCases",)
 
@@ -278,3 +278,20 @@ class RunCases(Cases):
         assert await store.get_run("p/2") == info
         assert await store.read_journal("p/2") == [child.first]
         assert await claimed_ids(store, W1, [child.workflow], T0 + 2) == {"p/2"}
+
+    async def test_requeue_puts_a_parked_run_back_to_pending(self, store: Store) -> None:
+        await store.register_worker(W1)
+        assert await store.requeue("nope", T0) is None
+        run = await begin(store, "r1")
+        error = {"type": "NonDeterminismError", "message": "diff", "traceback": "tb"}
+        await run.update(RunUpdate(status="failed", error=error, release=True))
+        done = await begin(store, "done")
+        await done.finish("completed", result=1)
+        notices = Notices(store)
+        info = await store.requeue("r1", T0 + 5)
+        assert info is not None and (info.status, info.error, info.updated_at) == ("pending", None, T0 + 5)
+        assert notices.take() == [("ready", "r1")]
+        info = await store.requeue("done", T0 + 5)  # only failed runs move
+        assert info is not None and info.status == "completed"
+        assert notices.take() == []
+        assert await claimed_ids(store, W1, [run.workflow], T0 + 5) == {"r1"}

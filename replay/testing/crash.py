@@ -95,6 +95,9 @@ class CrashingStore(Store):
     async def request_cancel(self, run_id: str, at: float) -> RunInfo | None:
         return await self.inner.request_cancel(run_id, at)
 
+    async def requeue(self, run_id: str, at: float) -> RunInfo | None:
+        return await self.inner.requeue(run_id, at)
+
     async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
         return await self.inner.send_event(event)
 

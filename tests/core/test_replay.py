@@ -152,3 +152,58 @@ async def test_an_unknown_workflow_is_left_untouched_and_reported(caplog: pytest
         assert info is not None and info.status == "suspended"
         assert await store.read_journal("orphan") == before
     assert any("orphan" in r.message and "not registered" in r.message for r in caplog.records)
+
+
+async def test_a_parked_run_resumes_with_retry_once_the_code_is_fixed() -> None:
+    store = MemoryStore()
+    app1, order1 = make_app(1)
+    async with TestEnv(app1, store=store) as env:
+        await app1.start(order1, run_id="r")
+        await env.idle()
+    app2, _ = make_app(2)
+    async with TestEnv(app2, store=store) as env:
+        await env.advance(timedelta(hours=1))
+        assert await app2.get_run("r").status() == "failed"
+    fixed, _ = make_app(1)
+    async with TestEnv(fixed, store=store) as env:
+        await fixed.retry("r")
+        await env.advance(timedelta(hours=1))
+        assert await fixed.get_run("r").result() == "reserved book"
+        with pytest.raises(ValueError, match="journal is final"):
+            await fixed.retry("r")
+        with pytest.raises(replay.RunNotFound):
+            await fixed.retry("nope")
+
+
+log_app = replay.App("logs", store="memory://")
+
+
+@log_app.workflow()
+async def logs(ctx: replay.Context) -> list[bool]:
+    seen = [ctx.is_replaying]
+    await ctx.sleep(timedelta(minutes=1))
+    seen.append(ctx.is_replaying)
+    return seen
+
+
+async def test_is_replaying_is_false_for_new_code_paths_only() -> None:
+    async with TestEnv(log_app, keep_hot=0) as env:
+        run = await log_app.start(logs)
+        await env.idle()
+        await env.advance(timedelta(minutes=1))  # woken: the first part replays, the rest is new
+        assert await run.result() == [True, False]
+        fresh = await log_app.start(first_thing)
+        await env.idle()
+        assert await fresh.result() is False  # a new run is not replaying, even before its first command
+
+
+@log_app.step()
+async def nothing() -> None:
+    return None
+
+
+@log_app.workflow()
+async def first_thing(ctx: replay.Context) -> bool:
+    before = ctx.is_replaying
+    await nothing()
+    return before
