@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import timedelta
 
 import replay
 
 app = replay.App("bench")
 
+#: When each add_one started (W2 measures the gaps).
+starts: list[float] = []
+
 
 @app.step()
 async def add_one(x: int) -> int:
+    starts.append(time.perf_counter())
     return x + 1
 
 
@@ -20,8 +26,7 @@ async def add_one_slowly(x: int) -> int:
     return x + 1
 
 
-@app.workflow()
-async def chain(ctx: replay.Context, n: int) -> int:
+async def _steps(n: int) -> int:
     x = 0
     for _ in range(n):
         x = await add_one(x)
@@ -29,8 +34,12 @@ async def chain(ctx: replay.Context, n: int) -> int:
 
 
 @app.workflow()
-async def slow_chain(ctx: replay.Context, n: int) -> int:
-    x = 0
-    for _ in range(n):
-        x = await add_one_slowly(x)
+async def chain(ctx: replay.Context, n: int) -> int:
+    return await _steps(n)
+
+
+@app.workflow()
+async def chain_then_sleep(ctx: replay.Context, n: int) -> int:
+    x = await _steps(n)
+    await ctx.sleep(timedelta(days=1))  # suspended, and so evicted from memory
     return x

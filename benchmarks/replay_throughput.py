@@ -15,32 +15,16 @@ import asyncio
 import time
 from datetime import timedelta
 
+from _apps import app, chain_then_sleep
 from _common import report
 
-import replay
 from replay._instance import Instance
 from replay.testing import TestEnv
-
-app = replay.App("bench-replay", store="memory://")
-
-
-@app.step()
-async def inc(x: int) -> int:
-    return x + 1
-
-
-@app.workflow()
-async def chain(ctx: replay.Context, n: int) -> int:
-    x = 0
-    for _ in range(n):
-        x = await inc(x)
-    await ctx.sleep(timedelta(days=1))
-    return x
 
 
 async def measure(steps: int, repeat: int) -> None:
     async with TestEnv(app) as env:
-        run = await app.start(chain, steps, run_id="w4")
+        run = await app.start(chain_then_sleep, steps, run_id="w4")
         await env.idle()
         assert await run.status() == "suspended"
         rates: list[float] = []
@@ -48,7 +32,7 @@ async def measure(steps: int, repeat: int) -> None:
         for i in range(repeat + 1):  # the first round warms up and is not counted
             started = time.perf_counter()
             entries = await env.store.read_journal("w4")
-            instance = Instance("w4", chain, entries, env.clock.now, app.steps.get)  # type: ignore[arg-type]
+            instance = Instance("w4", chain_then_sleep, entries, env.clock.now, app.steps.get)  # type: ignore[arg-type]
             instance.replay()
             elapsed = time.perf_counter() - started
             assert not instance.replaying and instance.next_seq == len(entries) + 1

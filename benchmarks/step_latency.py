@@ -14,30 +14,12 @@ import asyncio
 import itertools
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from _apps import app, chain, starts
 from _common import report
 
-import replay
 from replay.stores import open_store
-
-app = replay.App("bench-latency")
-starts: list[float] = []
-
-
-@app.step()
-async def add_one(x: int) -> int:
-    starts.append(time.perf_counter())
-    return x + 1
-
-
-@app.workflow()
-async def chain(ctx: replay.Context, n: int) -> int:
-    x = 0
-    for _ in range(n):
-        x = await add_one(x)
-    return x
 
 
 async def once(url: str, steps: int) -> list[float]:
