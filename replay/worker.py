@@ -102,6 +102,7 @@ class Worker:
             store's ``poll_interval``.
         seed: seed for retry jitter (tests).
         on_step: called as each step attempt starts (tests count executions with it).
+        step_mocks: step name -> a function to run instead of the step (``TestEnv.mock_step``).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class Worker:
         poll_interval: float | None = None,
         seed: int | None = None,
         on_step: Callable[[StepInfo], None] | None = None,
+        step_mocks: dict[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.app = app
         self.store = store
@@ -126,6 +128,7 @@ class Worker:
         self.poll_interval = poll_interval if poll_interval is not None else store.poll_interval
         self.rng = random.Random(seed)
         self.on_step = on_step
+        self.step_mocks = step_mocks if step_mocks is not None else {}
         self.activity = Activity()
         self.drivers: dict[str, RunDriver] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -296,7 +299,7 @@ class Worker:
 
     async def execute_step(self, run_id: str, op: StepOp, attempt: int) -> Any:
         """Run one attempt of a step, with its timeout, in this process."""
-        fn = getattr(op.step, "fn", op.step)
+        fn = self.step_mocks.get(op.name) or getattr(op.step, "fn", op.step)
         if fn is None:
             raise LookupError(f"step {op.name!r} is not known to this worker")
         info = StepInfo(run_id, op.seq, op.name, attempt)

@@ -4,7 +4,9 @@ Each page's fenced ```python blocks run in order in one namespace, as one script
 would: ``__name__`` is ``"__main__"``, so an ``if __name__ == "__main__":`` block
 runs too. Then every ``async def test_*`` the page defined runs, in the order the
 page defined them, each under its own ``asyncio.run``. Tracebacks point at the
-line of the page itself.
+line of the page itself. Sync ``test_*`` functions (hypothesis properties) run
+too, and a test that takes the ``replay_env`` fixture gets a ``TestEnv`` of the
+page's ``app``.
 
 A page that defines a ``StoreConformance`` subclass (docs/testing.md shows how a
 third-party store reuses the suite) also gets that class collected here, so its
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from replay.testing import StoreConformance
+from replay.testing import StoreConformance, TestEnv
 
 DOCS = Path(__file__).parent.parent / "docs"
 PAGES = tuple(sorted(path.name for path in DOCS.glob("*.md")))
@@ -48,10 +50,14 @@ def exec_page(page: str, module_name: str) -> dict[str, Any]:
 
 def page_tests(namespace: dict[str, Any]) -> list[tuple[str, Any]]:
     return [
-        (name, fn)
-        for name, fn in namespace.items()
-        if name.startswith("test_") and inspect.iscoroutinefunction(fn)
+        (name, fn) for name, fn in namespace.items() if name.startswith("test_") and inspect.isfunction(fn)
     ]
+
+
+async def run_with_fixture(namespace: dict[str, Any], fn: Any) -> None:
+    """A test that takes the ``replay_env`` fixture gets a TestEnv of the page's ``app``."""
+    async with TestEnv(namespace["app"]) as env:
+        await fn(env)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -59,7 +65,12 @@ def test_the_examples_of_a_page_run(page: str) -> None:
     namespace = exec_page(page, "__main__")
     for name, fn in page_tests(namespace):
         try:
-            asyncio.run(fn())
+            if not inspect.iscoroutinefunction(fn):
+                fn()  # a sync test, such as a hypothesis property
+            elif "replay_env" in inspect.signature(fn).parameters:
+                asyncio.run(run_with_fixture(namespace, fn))
+            else:
+                asyncio.run(fn())
         except BaseException as exc:
             exc.add_note(f"in {name}, defined by docs/{page}")
             raise

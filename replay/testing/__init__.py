@@ -14,6 +14,8 @@ from replay.testing.explore import CrashPoint as CrashPoint
 from replay.testing.explore import CrashReport as CrashReport
 from replay.testing.explore import explore_crashes as explore_crashes
 from replay.testing.explore import normalize_journals as normalize_journals
+from replay.testing.mocks import StepMock as StepMock
+from replay.testing.records import StepRecord as StepRecord
 
 if TYPE_CHECKING:
     from replay.testing.conformance import StoreConformance as StoreConformance
@@ -25,6 +27,8 @@ __all__ = (
     "CrashingStore",
     "ReplayProblem",
     "SimulatedCrash",
+    "StepMock",
+    "StepRecord",
     "StoreConformance",
     "TestEnv",
     "VirtualClock",

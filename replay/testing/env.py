@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from replay.clock import Clock, VirtualClock
+from replay.context import step_name
 from replay.stores.base import Store
 from replay.stores.memory import MemoryStore
+from replay.testing.mocks import _UNSET, StepMock
+from replay.testing.records import StepRecord, step_records
 from replay.worker import Worker
 
 if TYPE_CHECKING:
-    from replay.app import App
+    from replay.app import App, RunHandle
 
 __all__ = ("TestEnv",)
 
@@ -41,6 +45,7 @@ class TestEnv:
         self._previous: tuple[Store | None, bool, Clock] | None = None
         self._worker: Worker | None = None
         self._generation = 0
+        self._mocks: dict[str, Any] = {}
 
     @property
     def worker(self) -> Worker:
@@ -75,10 +80,38 @@ class TestEnv:
             self.clock,
             worker_id=f"test-worker-{self._generation}",
             seed=self._seed + self._generation,
+            step_mocks=self._mocks,
             **self._options,
         )
         await worker.start()
         self._worker = worker
+
+    def mock_step(
+        self,
+        step: Callable[..., Any] | str,
+        *,
+        returns: Any = _UNSET,
+        raises: BaseException | type[BaseException] | None = None,
+        side_effect: Callable[..., Any] | None = None,
+    ) -> StepMock:
+        """Replace a step, by function or name, for the rest of this environment.
+
+        Give exactly one of ``returns`` (the value), ``raises`` (an exception; it
+        counts as a failed attempt and is retried as the step's policy says) or
+        ``side_effect`` (a sync function called with the step's arguments).
+
+        Returns:
+            The mock; its ``calls`` list every attempt's arguments.
+        """
+        name = step if isinstance(step, str) else step_name(step)
+        mock = StepMock(name, returns, raises, side_effect)
+        self._mocks[name] = mock
+        return mock
+
+    async def steps(self, run: RunHandle[Any] | str) -> list[StepRecord]:
+        """What a run's steps did, from its journal, in the order they were scheduled."""
+        run_id = run if isinstance(run, str) else run.run_id
+        return step_records(await self.store.read_journal(run_id))
 
     def now(self) -> float:
         """The virtual time, in seconds since the epoch."""

@@ -72,9 +72,18 @@ class CrashReport:
     points: tuple[CrashPoint, ...]
 
     @property
+    def deterministic(self) -> bool:
+        """Whether the crash-free run replayed cleanly (no ``NonDeterminismError``).
+
+        Even without a crash a run is replayed whenever it is evicted (a long
+        sleep, a wait): a workflow that fails this is broken in production too.
+        """
+        return not (isinstance(self.outcome, tuple) and self.outcome[:2] == ("error", "NonDeterminismError"))
+
+    @property
     def ok(self) -> bool:
-        """Whether every crash point behaved like the crash-free run."""
-        return all(p.ok for p in self.points)
+        """Whether the run is deterministic and every crash point behaved like the crash-free run."""
+        return self.deterministic and all(p.ok for p in self.points)
 
     def summary(self) -> str:
         """A readable account of every crash point that diverged."""
@@ -83,6 +92,13 @@ class CrashReport:
             f"{len(self.points)} crash points over {self.appends} appends; {len(bad)} diverged",
             f"crash-free outcome: {self.outcome!r}",
         ]
+        if not self.deterministic:
+            lines.insert(
+                0,
+                "the workflow is not deterministic: even without a crash, its replay after "
+                "being evicted issued other commands (state kept outside the journal? the wall "
+                "clock, random, a global?)",
+            )
         for p in bad:
             lines.append(f"- crash {p.phase} append {p.append}: outcome {p.outcome!r}")
             lines.extend(f"    {problem}" for problem in p.problems)
