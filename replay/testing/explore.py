@@ -48,6 +48,7 @@ class CrashPoint:
         problems: what differed from the crash-free run; empty when all is well.
         reran: steps (run id, journal seq, name) whose completion was journaled
             before the crash and that ran again after it.
+        journals: every run's journal as the crashed-and-recovered run left it.
     """
 
     append: int
@@ -55,6 +56,7 @@ class CrashPoint:
     outcome: Any
     problems: tuple[str, ...] = ()
     reran: tuple[tuple[str, int, str], ...] = ()
+    journals: dict[str, list[Entry]] = attrs.field(factory=dict, repr=False, eq=False)
 
     @property
     def ok(self) -> bool:
@@ -306,7 +308,7 @@ async def explore_crashes(
                     }
                 )
             )
-            points.append(CrashPoint(k, phase, got, tuple(problems), reran))
+            points.append(CrashPoint(k, phase, got, tuple(problems), reran, attempt.journals))
     report = CrashReport(outcome, appends, journal, tuple(points))
     if raise_on_divergence and not report.ok:
         raise CrashExplorationError(report)

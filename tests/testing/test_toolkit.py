@@ -206,3 +206,51 @@ def test_json_values_never_draw_tuples_or_nan() -> None:
 
     check()
     assert isinstance(st.just(1), st.SearchStrategy)
+
+
+async def test_explore_report_keeps_each_points_journal() -> None:
+    report = await explore_crashes(clock_app, reads_ctx_now)
+    for point in report.points:
+        [journal] = point.journals.values()
+        assert journal[-1].kind == "workflow_completed"
+
+
+async def test_check_replay_catches_a_changed_workflow() -> None:
+    from replay.stores.memory import MemoryStore
+    from replay.testing import check_replay
+
+    store = MemoryStore()
+    v1 = replay.App("deploys", store="memory://")
+
+    @v1.step()
+    async def reserve() -> str:
+        return "reserved"
+
+    @v1.workflow(name="order")
+    async def order_v1(ctx: replay.Context) -> str:
+        done = await reserve()
+        await ctx.sleep(timedelta(days=1))
+        return done
+
+    async with TestEnv(v1, store=store) as env:
+        await v1.start(order_v1, run_id="in-flight")
+        await env.idle()
+    v2 = replay.App("deploys", store="memory://")
+
+    @v2.step()
+    async def audit() -> str:
+        return "audited"
+
+    @v2.workflow(name="order")
+    async def order_v2(ctx: replay.Context) -> str:
+        done = await audit()  # the first command changed
+        await ctx.sleep(timedelta(days=1))
+        return done
+
+    before = await store.read_journal("in-flight")
+    [problem] = await check_replay(v2, store)
+    assert (problem.run_id, problem.kind) == ("in-flight", "nondeterminism")
+    assert "journal entry 2: step_scheduled 'reserve'" in problem.message
+    assert "new command:      step_scheduled 'audit'" in problem.message
+    assert await store.read_journal("in-flight") == before  # nothing written
+    assert await check_replay(v1, store) == []
