@@ -412,11 +412,21 @@ class App:
         *,
         workflow: str | None = None,
         status: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunInfo]:
-        """Runs, newest first, optionally filtered by workflow name and status."""
+        """Runs, newest first, optionally filtered.
+
+        Args:
+            workflow: only runs of the workflow with this name.
+            status: only runs in this status.
+            since: only runs created at or after this time (epoch seconds).
+            until: only runs created at or before this time (epoch seconds).
+            limit: the most runs to return.
+        """
         store = await self.store()
-        return await store.list_runs(workflow=workflow, status=status, limit=limit)
+        return await store.list_runs(workflow=workflow, status=status, since=since, until=until, limit=limit)
 
     async def send_event(
         self, name: str, data: dict[str, Any] | None = None, *, id: str | None = None
@@ -474,6 +484,65 @@ class App:
             )
         await store.requeue(run_id, self.clock.now())
         return RunHandle(self, run_id)
+
+    async def fork(self, source_id: str, /, from_step: int, *, run_id: str | None = None) -> RunHandle[Any]:
+        """Start a new run that reuses a run's journal up to its ``from_step``-th step.
+
+        The new run's journal is the old one's cut just before its
+        ``from_step``-th ``step_scheduled`` entry, as if the process had died
+        there: a worker replays that prefix (steps before the cut return their
+        recorded results) and runs the rest on the current code. The old run is
+        left as it is. The workflow need not be registered on this app.
+
+        The new run starts ``pending``, with no parent; its ``workflow_started``
+        entry records ``forked_from`` (``{"run_id", "step"}``), and a workflow
+        timeout counts again from the fork. Waits, timers and child runs the
+        prefix started carry over: an open wait sees events sent from the fork
+        on, and child runs the prefix started are shared with the old run.
+
+        Args:
+            source_id: the run to fork, in any status.
+            from_step: which step to run again, counting ``step_scheduled``
+                entries from 1; it and every command after it run anew.
+            run_id: the new run's id (default: a random one).
+
+        Returns:
+            A handle on the new run.
+
+        Raises:
+            RunNotFound: no run has ``source_id``.
+            ValueError: ``from_step`` is not between 1 and the run's number of
+                steps, or a run with ``run_id`` exists.
+        """
+        if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 1:
+            raise ValueError(f"from_step counts steps from 1, got {from_step!r}")
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+        store = await self.store()
+        info = await store.get_run(source_id)
+        if info is None:
+            raise RunNotFound(f"no run with id {source_id!r}")
+        journal = await store.read_journal(source_id)
+        steps = [i for i, e in enumerate(journal) if e.kind == j.STEP_SCHEDULED]
+        if from_step > len(steps):
+            raise ValueError(
+                f"run {source_id!r} has {len(steps)} step(s) in its journal; "
+                f"from_step must be between 1 and {len(steps)}, got {from_step}"
+            )
+        prefix = journal[: steps[from_step - 1]]
+        started = prefix[0]
+        now = self.clock.now()
+        data = {k: v for k, v in started.data.items() if k != "parent"}
+        data["forked_from"] = {"run_id": source_id, "step": from_step}
+        if "deadline" in data:
+            data["deadline"] = now + (data["deadline"] - started.at)
+        first = Entry(started.seq, started.kind, started.at, data)
+        new_id = run_id or uuid.uuid4().hex
+        new = NewRun(new_id, info.workflow, info.args, first, journal=tuple(prefix[1:]), created_at=now)
+        _, created = await store.create_run(new)
+        if not created:
+            raise ValueError(f"a run with id {new_id!r} already exists; pick another run_id")
+        return RunHandle(self, new_id)
 
     def worker(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Worker]:
         """Run a worker in the background of this process while the block runs.

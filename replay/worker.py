@@ -73,6 +73,8 @@ class Activity:
         self.count = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        #: Set whenever some work is done (a step returned, a batch was journaled).
+        self.progress = asyncio.Event()
 
     def inc(self, n: int = 1) -> None:
         """More work."""
@@ -82,6 +84,7 @@ class Activity:
     def dec(self, n: int = 1) -> None:
         """Work done."""
         self.count -= n
+        self.progress.set()
         if self.count <= 0:
             self.idle.set()
 
@@ -140,6 +143,12 @@ class Worker:
         self._unsubscribe: Any = None
         self._names: tuple[str, ...] = ()
         self._halted = False
+        self._draining = False
+        self._never: asyncio.Future[None] | None = None  # what a step started while draining awaits
+        # Step attempts that began, with the driver that will journal them; pruned
+        # of the journaled ones as it grows (see ``_unjournaled``).
+        self._attempts: dict[tuple[str, int, int], tuple[RunDriver, StepInfo]] = {}
+        self._attempts_pruned_at = 0
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -167,6 +176,64 @@ class Worker:
         self.halt()
         await asyncio.sleep(0)  # let cancelled tasks unwind
         await self.store.unregister_worker(self.worker_id)
+
+    async def drain(self, timeout: float | None = None) -> list[StepInfo]:
+        """Stop gracefully: finish and journal the steps in flight, then stop.
+
+        The worker claims nothing more and starts no new step attempt (a run
+        that asks for one keeps it for the next worker, which runs it after
+        replaying). Every step attempt already running is awaited and its
+        outcome journaled; then the worker stops as ``stop`` does, and the runs
+        it held become claimable at once.
+
+        Args:
+            timeout: the longest to wait for steps in flight, in seconds; None
+                waits as long as they take.
+
+        Returns:
+            The step attempts still unjournaled when ``timeout`` ran out: they
+            were cut off and will run again elsewhere. Empty after a clean drain.
+        """
+        self._draining = True
+        if self._claim_task is not None:
+            self._claim_task.cancel()
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+            self._wake_timer = None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        progress = self.activity.progress
+        while True:
+            progress.clear()
+            left = self._unjournaled()
+            if not left:
+                break
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await progress.wait()
+            except TimeoutError:
+                pass
+        cut = [info for _, info in self._unjournaled()]
+        await self.stop()
+        return cut
+
+    def _unjournaled(self) -> list[tuple[RunDriver, StepInfo]]:
+        """Step attempts begun here whose outcome is not yet in the journal; forgets the others."""
+        left = {}
+        for key, (driver, info) in self._attempts.items():
+            inst = driver.instance
+            if driver.closed or inst is None:
+                continue  # the run ended or was dropped: nothing more will be journaled here
+            op = inst.ops.get(info.seq)
+            # Delivered (so journaled) once the op is gone or its attempts count this one.
+            if op is not None and getattr(op, "attempts", info.attempt) < info.attempt:
+                left[key] = (driver, info)
+        self._attempts = left
+        self._attempts_pruned_at = len(left)
+        return list(left.values())
 
     def halt(self) -> None:
         """Stop at once, writing nothing more: what a process death looks like."""
@@ -216,6 +283,8 @@ class Worker:
             self._wake()
 
     def _wake(self) -> None:
+        if self._draining:
+            return  # a draining worker claims nothing more
         if not self._wake_pending:
             self._wake_pending = True
             self.activity.inc()
@@ -302,7 +371,17 @@ class Worker:
         fn = self.step_mocks.get(op.name) or getattr(op.step, "fn", op.step)
         if fn is None:
             raise LookupError(f"step {op.name!r} is not known to this worker")
+        if self._draining:
+            # Not started, so not cut off: the next worker runs it after replaying.
+            if self._never is None:
+                self._never = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._never)
         info = StepInfo(run_id, op.seq, op.name, attempt)
+        driver = self.drivers.get(run_id)
+        if driver is not None:
+            if len(self._attempts) > 2 * self._attempts_pruned_at + 64:
+                self._unjournaled()  # amortised: the dict stays near the number in flight
+            self._attempts[(run_id, op.seq, attempt)] = (driver, info)
         if self.on_step is not None:
             self.on_step(info)
         token = _current_step.set(info)

@@ -47,12 +47,17 @@ class PreparedRun:
     run: NewRun
     args: bytes
     first: bytes
+    rest: tuple[bytes, ...] = ()
 
     @classmethod
     def of(cls, run: NewRun) -> PreparedRun:
-        """Encode ``run``; raises ``SerializationError``."""
+        """Check and encode ``run``; raises ``SerializationError`` or ``ReplayInternalError``."""
+        run.entries()
         return cls(
-            run, encode_value(run.args, f"the arguments of run {run.run_id!r}"), encode_entry(run.first)
+            run,
+            encode_value(run.args, f"the arguments of run {run.run_id!r}"),
+            encode_entry(run.first),
+            tuple(encode_entry(e) for e in run.journal),
         )
 
 
@@ -81,7 +86,7 @@ def create_run(
 ) -> tuple[RunInfo, bool]:
     """Create a run and its first entry unless the id exists."""
     run = prepared.run
-    at = run.first.at
+    at = run.started_at
     cur = conn.execute(
         "INSERT OR IGNORE INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id) "
         "VALUES (?, ?, 'pending', ?, ?, ?, ?)",
@@ -92,12 +97,31 @@ def create_run(
         if existing is None:
             raise ReplayInternalError(f"run {run.run_id!r} neither inserted nor found")
         return existing, False
-    conn.execute(
+    conn.executemany(
         "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
-        (run.run_id, run.first.seq, prepared.first),
+        [
+            (run.run_id, e.seq, blob)
+            for e, blob in zip(run.entries(), (prepared.first, *prepared.rest), strict=True)
+        ],
     )
+    cancelled = False
+    if run.journal:
+        _track(conn, run.run_id, run.journal)
+        cancelled = any(e.kind == j.CANCEL_REQUESTED for e in run.journal)
+        if cancelled:
+            conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run.run_id,))
     notices.append(Notice("ready", run.run_id))
-    return RunInfo(run.run_id, run.workflow, "pending", run.args, at, at, parent_id=run.parent_id), True
+    info = RunInfo(
+        run.run_id,
+        run.workflow,
+        "pending",
+        run.args,
+        at,
+        at,
+        parent_id=run.parent_id,
+        cancel_requested=cancelled,
+    )
+    return info, True
 
 
 def append(
@@ -126,6 +150,13 @@ def append(
         "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
         [(run_id, e.seq, blob) for e, blob in zip(entries, blobs, strict=True)],
     )
+    _track(conn, run_id, entries)
+    if update is not None:
+        _update(conn, notices, run_id, update, entries[-1].at if entries else row[2])
+
+
+def _track(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> None:
+    """Keep waits, awaited children and cancellation in step with new entries."""
     for e in entries:
         kind = e.kind
         if kind == j.WAIT_STARTED:
@@ -148,8 +179,6 @@ def append(
             )
         elif kind == j.CANCEL_REQUESTED:
             conn.execute("UPDATE runs SET cancel_delivered = 1 WHERE run_id = ?", (run_id,))
-    if update is not None:
-        _update(conn, notices, run_id, update, entries[-1].at if entries else row[2])
 
 
 def _update(

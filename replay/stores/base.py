@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 import attrs
 
-from replay.journal import Entry
+from replay.errors import ReplayInternalError
+from replay.journal import TERMINAL_KINDS, Entry
 
 __all__ = (
     "ACTIVE_STATUSES",
@@ -84,13 +85,49 @@ class RunInfo:
 
 @attrs.frozen
 class NewRun:
-    """A run to create: its row, plus its first journal entry."""
+    """A run to create: its row, plus its first journal entry.
+
+    Attributes:
+        run_id: the run's id.
+        workflow: its workflow's registered name.
+        args: the workflow's arguments.
+        first: its ``workflow_started`` entry.
+        parent_id: the parent run's id, for a child run.
+        journal: entries that follow ``first`` (seq 2, 3...), written in the same
+            transaction, as ``append`` would have written them (open waits are
+            registered, awaited children and a delivered cancellation noted): a
+            forked run starts with a prefix of another run's journal.
+        created_at: the run's creation time (default: ``first.at``).
+    """
 
     run_id: str
     workflow: str
     args: list[Any]
     first: Entry
     parent_id: str | None = None
+    journal: tuple[Entry, ...] = ()
+    created_at: float | None = None
+
+    def entries(self) -> tuple[Entry, ...]:
+        """``first`` and then ``journal``, checked to form the start of a live journal.
+
+        Raises:
+            ReplayInternalError: the seqs do not run on from ``first`` without
+                gaps, or an entry ends the run.
+        """
+        expected = self.first.seq + 1
+        for e in self.journal:
+            if e.seq != expected:
+                raise ReplayInternalError(f"new run {self.run_id!r}: seq {e.seq}, expected {expected}")
+            if e.kind in TERMINAL_KINDS:
+                raise ReplayInternalError(f"new run {self.run_id!r} cannot start with a {e.kind} entry")
+            expected += 1
+        return (self.first, *self.journal)
+
+    @property
+    def started_at(self) -> float:
+        """When the run counts as created: ``created_at``, else ``first.at``."""
+        return self.first.at if self.created_at is None else self.created_at
 
 
 @attrs.frozen
@@ -190,7 +227,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create_run(self, run: NewRun) -> tuple[RunInfo, bool]:
-        """Create a run unless one has that id; returns it and whether it is new."""
+        """Create a run unless one has that id; returns it and whether it is new.
+
+        The run row, ``run.first`` and every entry of ``run.journal`` are written
+        in one transaction, or nothing is.
+
+        Raises:
+            ReplayInternalError: ``run.journal`` does not continue ``run.first``
+                (seq 2, 3... with no gaps), or holds a terminal entry.
+        """
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> RunInfo | None:

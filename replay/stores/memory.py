@@ -68,11 +68,17 @@ class MemoryStore(Store):
         existing = self._runs.get(run.run_id)
         if existing is not None:
             return existing.info, False
-        at = run.first.at
+        entries = run.entries()
+        encoded = [encode_entry(e) for e in entries]  # may raise: nothing changes
+        at = run.started_at
         info = RunInfo(run.run_id, run.workflow, "pending", run.args, at, at, parent_id=run.parent_id)
-        self._runs[run.run_id] = _Run(info, [encode_entry(run.first)])
+        created = _Run(info, encoded)
+        self._runs[run.run_id] = created
+        self._track(created, run.journal)
+        if created.cancel_delivered:
+            created.info = attrs.evolve(created.info, cancel_requested=True)
         self.notify("ready", run.run_id)
-        return info, True
+        return created.info, True
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         """The run with that id, if any."""
@@ -212,6 +218,13 @@ class MemoryStore(Store):
                 raise ReplayInternalError(f"append to {run_id!r}: seq {e.seq}, expected {expected}")
             expected += 1
         run.journal.extend(encoded)
+        self._track(run, entries)
+        if update is not None:
+            self._update(run, update, entries[-1].at if entries else run.info.updated_at)
+
+    def _track(self, run: _Run, entries: Sequence[Entry]) -> None:
+        """Keep waits, awaited children and cancellation in step with new entries."""
+        run_id = run.info.run_id
         waits = self._waits.setdefault(run_id, {})
         for e in entries:
             if e.kind == j.WAIT_STARTED:
@@ -228,8 +241,6 @@ class MemoryStore(Store):
                 run.cancel_delivered = True
         if not waits:
             del self._waits[run_id]
-        if update is not None:
-            self._update(run, update, entries[-1].at if entries else run.info.updated_at)
 
     def _update(self, run: _Run, update: RunUpdate, at: float) -> None:
         for child in update.children:

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError, SerializationError
 from replay.journal import Entry
 from replay.stores.base import NewRun, RunUpdate, Store
-from replay.testing._conformance_kit import T0, W1, W2, Cases, Notices, begin, claimed_ids, new_run
+from replay.testing._conformance_kit import (
+    T0,
+    W1,
+    W2,
+    Cases,
+    Notices,
+    begin,
+    claimed_ids,
+    event,
+    new_run,
+)
 
 __all__ = ("RunCases",)
 
@@ -49,6 +60,49 @@ class RunCases(Cases):
             await store.create_run(NewRun(run.run_id, run.workflow, run.args, bad))
         assert await store.get_run("r1") is None
         assert await store.read_journal("r1") == []
+
+    async def test_create_run_with_a_journal_writes_it_as_appends_would(self, store: Store) -> None:
+        run = new_run("f1", at=T0)
+        rest = (
+            Entry(2, j.STEP_SCHEDULED, T0 + 1, {"name": "s", "args": []}),
+            Entry(3, j.STEP_COMPLETED, T0 + 2, {"op": 2, "attempt": 1, "result": 7}),
+            Entry(4, j.WAIT_STARTED, T0 + 3, {"name": "done", "match": {}}),
+            Entry(5, j.WAIT_STARTED, T0 + 3, {"name": "go", "match": {"k": 1}}),
+            Entry(6, j.EVENT_RECEIVED, T0 + 4, {"op": 4, "event": {"id": "e0", "name": "done"}}),
+        )
+        forked = attrs.evolve(run, journal=rest, created_at=T0 + 50)
+        info, new = await store.create_run(forked)
+        assert new
+        assert (info.status, info.created_at, info.updated_at) == ("pending", T0 + 50, T0 + 50)
+        assert await store.get_run("f1") == info
+        assert await store.read_journal("f1") == [run.first, *rest]
+        # The open wait (seq 5) was registered; the closed one (seq 4) was not.
+        await store.send_event(event("e1", "done", at=T0 + 51))
+        sent, _ = await store.send_event(event("e2", "go", {"k": 1}, at=T0 + 51))
+        assert await store.poll_waits("f1") == [(5, sent)]
+        await store.register_worker(W1)
+        assert await claimed_ids(store, W1, [run.workflow], T0 + 51) == {"f1"}
+
+    async def test_create_run_with_a_delivered_cancellation_is_cancel_requested(self, store: Store) -> None:
+        rest = (Entry(2, j.CANCEL_REQUESTED, T0, {}),)
+        info, _ = await store.create_run(attrs.evolve(new_run("f1"), journal=rest))
+        assert info.cancel_requested
+        assert await store.get_run("f1") == info
+
+    @pytest.mark.parametrize(
+        "rest",
+        [
+            (Entry(3, j.SIDE_EFFECT, T0, {"name": "x", "value": 1}),),
+            (Entry(2, j.WORKFLOW_COMPLETED, T0, {"result": 1}),),
+            (Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": object()}),),
+        ],
+        ids=["gap", "terminal", "unencodable"],
+    )
+    async def test_create_run_with_a_bad_journal_writes_nothing(self, store: Store, rest: Any) -> None:
+        with pytest.raises((ReplayInternalError, SerializationError)):
+            await store.create_run(attrs.evolve(new_run("f1"), journal=rest))
+        assert await store.get_run("f1") is None
+        assert await store.read_journal("f1") == []
 
     async def test_unknown_run_reads_as_none_and_empty(self, store: Store) -> None:
         assert await store.get_run("nope") is None
