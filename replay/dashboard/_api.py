@@ -136,6 +136,24 @@ class _Api:
             raise ApiError(409, str(exc)) from None
         return JSONResponse({"run": _run(await self._info(run_id))})
 
+    async def fork(self, request: Request) -> JSONResponse:
+        run_id: str = request.path_params["run_id"]
+        body = await _json_object(request, empty_ok=False)
+        unknown = sorted(set(body) - {"from_step", "run_id"})
+        if unknown:
+            raise ApiError(422, f"unknown fields {unknown}: a fork takes from_step and optionally run_id")
+        step, new_id = body.get("from_step"), body.get("run_id")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ApiError(422, f"from_step must be an integer from 1 (steps counted from 1), got {step!r}")
+        if new_id is not None and (not isinstance(new_id, str) or not new_id):
+            raise ApiError(422, f"run_id must be a non-empty string when given, got {new_id!r}")
+        await self._info(run_id)
+        try:
+            handle = await self.app.fork(run_id, step, run_id=new_id)
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+        return JSONResponse({"run": _run(await self._info(handle.run_id))})
+
     async def send_event(self, request: Request) -> JSONResponse:
         body = await _json_object(request, empty_ok=False)
         unknown = sorted(set(body) - {"name", "data", "id"})
@@ -162,6 +180,7 @@ def api_routes(app: App) -> list[Route]:
         Route("/api/runs", api.list_runs, methods=["GET"]),
         Route("/api/runs/{run_id:path}/cancel", api.cancel, methods=["POST"]),
         Route("/api/runs/{run_id:path}/retry", api.retry, methods=["POST"]),
+        Route("/api/runs/{run_id:path}/fork", api.fork, methods=["POST"]),
         Route("/api/runs/{run_id:path}", api.get_run, methods=["GET"]),
         Route("/api/events", api.send_event, methods=["POST"]),
         Route("/api/openapi.json", api.openapi, methods=["GET"]),

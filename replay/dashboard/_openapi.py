@@ -162,6 +162,38 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/runs/{run_id}/fork": {
+        "post": {
+            "summary": "Start a new run that reuses this run's journal up to its from_step-th step",
+            "parameters": [_RUN_ID],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["from_step"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "from_step": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "description": "the step to run again, counting steps from 1",
+                                },
+                                "run_id": {"type": "string", "description": "the new run's id"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_ref("RunEnvelope"), "the new run, pending"),
+                "400": _ERROR,
+                "404": _ERROR,
+                "422": _json(_ref("Error"), "no such step, or the new run id is taken"),
+            },
+        }
+    },
     "/api/events": {
         "post": {
             "summary": "Send an event; every run waiting for it wakes",

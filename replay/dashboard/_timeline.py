@@ -118,15 +118,20 @@ def timeline(entries: Sequence[Entry]) -> dict[str, Any]:
         None for an empty journal), ``finished`` (whether the journal has a
         terminal entry), ``spans`` (one per step, timer, wait and child, in the
         order issued: ``op``, ``kind``, ``name``, ``start``, ``end`` (None while
-        still open), ``state``, and per kind ``attempts``, ``due``, ``run_id``,
-        ``detail``) and ``marks`` (instants: ``seq``, ``kind``, ``at``, ``label``).
+        still open), ``state``, and per kind ``step`` (a step's number, from 1),
+        ``attempts``, ``due``, ``run_id``, ``detail``) and ``marks`` (instants:
+        ``seq``, ``kind``, ``at``, ``label``).
     """
     spans: dict[int, dict[str, Any]] = {}
+    steps = 0
     marks: list[dict[str, Any]] = []
     finished = False
     for entry in entries:
         span = _open_span(entry)
         if span is not None:
+            if span["kind"] == "step":
+                steps += 1
+                span["step"] = steps  # what App.fork's from_step counts
             spans[entry.seq] = span
         elif "op" in entry.data and entry.data["op"] in spans:
             _close(spans[entry.data["op"]], entry)

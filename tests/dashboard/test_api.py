@@ -96,6 +96,45 @@ def test_retry_resumes_a_parked_run_and_refuses_a_final_one(dash: Dashboard) -> 
     assert dash.snapshot() == before
 
 
+def test_fork_starts_a_new_run_from_a_step_and_leaves_the_old_one(dash: Dashboard) -> None:
+    source = dash.ids["completed"]
+    before = dash.journal(source)
+    response = dash.client.post(f"/api/runs/{source}/fork", json={"from_step": 2, "run_id": "forked"})
+    assert response.status_code == 200, response.text
+    assert response.json()["run"]["run_id"] == "forked"
+    dash.call(dash.env.idle)
+    assert dash.status("forked") == "completed"
+    journal = dash.journal("forked")
+    assert journal[0].data["forked_from"] == {"run_id": source, "step": 2}
+    assert dash.journal(source) == before
+    taken = dash.client.post(f"/api/runs/{source}/fork", json={"from_step": 1, "run_id": "forked"})
+    assert taken.status_code == 422 and "forked" in taken.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"", 400, "needs a JSON object"),
+        (b"{}", 422, "from_step must be an integer"),
+        (b'{"from_step": 0}', 422, "from_step must be an integer"),
+        (b'{"from_step": "2"}', 422, "from_step must be an integer"),
+        (b'{"from_step": true}', 422, "from_step must be an integer"),
+        (b'{"from_step": 1, "run_id": 3}', 422, "run_id must be a non-empty string"),
+        (b'{"from_step": 1, "at": 3}', 422, "unknown fields ['at']"),
+        (b'{"from_step": 9}', 422, "from_step must be between 1 and 2"),
+    ],
+)
+def test_a_bad_fork_is_refused_and_starts_nothing(
+    dash: Dashboard, body: bytes, status: int, says: str
+) -> None:
+    before = dash.snapshot()
+    response = dash.client.post(f"/api/runs/{dash.ids['failed']}/fork", content=body, headers=JSON)
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
+    assert dash.snapshot() == before
+    assert dash.client.post("/api/runs/nope/fork", json={"from_step": 1}).status_code == 404
+
+
 def test_an_event_sent_through_the_api_wakes_its_run(dash: Dashboard) -> None:
     response = dash.client.post(
         "/api/events", json={"name": "order.shipped", "data": {"order": "o-3"}, "id": "ship-o-3"}

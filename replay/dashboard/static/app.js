@@ -6,6 +6,7 @@ const STATUSES = ["pending", "running", "suspended", "completed", "failed", "can
 const POLL_MS = 2000;
 const $ = (id) => document.getElementById(id);
 let current = null; // the run shown in the run view
+let currentSteps = []; // its step spans, numbered as fork's from_step counts them
 let busy = false;
 let again = false; // a refresh was asked for while one ran
 
@@ -169,6 +170,8 @@ async function showRun(id) {
   $("run-input").textContent = json(run.args);
   $("run-output-box").hidden = run.status !== "completed";
   $("run-output").textContent = json(run.result);
+  currentSteps = data.timeline.spans.filter((s) => s.kind === "step");
+  $("fork-btn").disabled = currentSteps.length === 0;
   renderTimeline(data.timeline, finished(run) ? data.timeline.end : data.now);
   $("journal-count").textContent = data.journal.length;
   $("journal").tBodies[0].replaceChildren(...data.journal.map((e) => el("tr", {},
@@ -241,7 +244,7 @@ function spanRows(s, end, bar, pos) {
   }
   const failures = (s.attempts || []).filter((a) => a.outcome === "failed").length;
   const label = el("div", { class: "label", title: `#${s.op} ${s.kind} ${s.name}: ${s.state}` },
-    el("span", { class: "kind", text: s.kind }), s.name, el("span", { class: "muted",
+    el("span", { class: "kind", text: s.step ? `step ${s.step}` : s.kind }), s.name, el("span", { class: "muted",
       text: ` ${s.state}${failures ? ` (${failures} failed attempt${failures > 1 ? "s" : ""})` : ""}` }));
   const row = el("div", { class: `row span-row s-${s.state}`, "data-kind": s.kind, "data-op": s.op },
     label, track, el("div", { class: "dur", text: duration(stop - s.start) + (s.end === null ? "…" : "") }));
@@ -256,6 +259,11 @@ function toggleDetail(row, s) {
   if (s.attempts) detail.attempts = s.attempts;
   const box = el("div", { class: "span-detail" }, el("pre", { text: json(detail) }));
   if (s.run_id) box.prepend(el("a", { href: `#/runs/${encodeURIComponent(s.run_id)}`, text: `open ${s.run_id}` }));
+  if (s.step) {
+    const button = el("button", { type: "button", class: "fork-step", text: `Fork from step ${s.step}` });
+    button.addEventListener("click", () => fork(s.step));
+    box.prepend(button);
+  }
   row.after(box);
 }
 
@@ -270,6 +278,31 @@ async function act(question, path, body, done) {
     flash(error.message, true);
   }
   await refresh();
+}
+
+function fork(step) {
+  if (!current) return;
+  const source = current.run_id;
+  act(`Fork run ${source} from step ${step}? A new run replays its journal up to step ${step}, ` +
+    "then runs that step and the rest on the current code. This run is left as it is.",
+    `api/runs/${encodeURIComponent(source)}/fork`, { from_step: step }, (r) => {
+      location.hash = `#/runs/${encodeURIComponent(r.run.run_id)}`;
+      return `Forked ${source} from step ${step}: new run ${r.run.run_id}`;
+    });
+}
+
+function askFork() {
+  if (!current || currentSteps.length === 0) return;
+  const failed = currentSteps.find((s) => s.state === "failed");
+  const names = currentSteps.map((s) => `${s.step} ${s.name}`).join(", ");
+  const answer = window.prompt(`Fork from which step? (${names})`, String(failed ? failed.step : 1));
+  if (answer === null) return;
+  const step = Number(answer);
+  if (!Number.isInteger(step) || step < 1 || step > currentSteps.length) {
+    flash(`Pick a step from 1 to ${currentSteps.length}, not ${answer}`, true);
+    return;
+  }
+  fork(step);
 }
 
 function setup() {
@@ -287,6 +320,7 @@ function setup() {
   $("retry-btn").addEventListener("click", () => current && act(
     `Retry run ${current.run_id}? It replays its journal on the current code.`,
     `api/runs/${encodeURIComponent(current.run_id)}/retry`, {}, (r) => `Retrying ${r.run.run_id}`));
+  $("fork-btn").addEventListener("click", askFork);
   $("event-btn").addEventListener("click", () => { $("event-form").hidden = false; $("event-name").focus(); });
   $("event-close").addEventListener("click", () => { $("event-form").hidden = true; });
   $("event-form").addEventListener("submit", (e) => {
