@@ -216,9 +216,13 @@ class Worker:
                     await progress.wait()
             except TimeoutError:
                 pass
-        cut = [info for _, info in self._unjournaled()]
+        cut = self.in_flight()
         await self.stop()
         return cut
+
+    def in_flight(self) -> list[StepInfo]:
+        """Step attempts begun by this worker whose outcome is not journaled yet."""
+        return [info for _, info in self._unjournaled()]
 
     def _unjournaled(self) -> list[tuple[RunDriver, StepInfo]]:
         """Step attempts begun here whose outcome is not yet in the journal; forgets the others."""
