@@ -34,8 +34,8 @@ def check_address(host: str, token: str | None) -> None:
     if token is None and not _is_loopback(host):
         raise ValueError(
             f"refusing to serve the dashboard on {host!r} without a token: anyone who can "
-            "reach that address could cancel runs and send events. Pass a token (replay "
-            "dashboard --token, or REPLAY_DASHBOARD_TOKEN), or bind 127.0.0.1."
+            "reach that address could cancel runs and send events. Give the dashboard a "
+            "token, or bind 127.0.0.1."
         )
 
 

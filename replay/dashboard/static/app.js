@@ -143,7 +143,7 @@ function runRow(run, now) {
   return el("tr", { "data-run": run.run_id, "data-status": run.status },
     el("td", {}, link), el("td", { text: run.workflow }),
     el("td", {}, el("span", { class: `badge s-${run.status}`, text: run.status })),
-    el("td", { text: when(run.created_at) }), el("td", { text: duration(end - run.created_at) }),
+    el("td", { class: "when", text: when(run.created_at) }), el("td", { text: duration(end - run.created_at) }),
     el("td", { class: "detail", text: detail, title: detail }));
 }
 
@@ -246,7 +246,7 @@ function spanRows(s, end, bar, pos) {
   const label = el("div", { class: "label", title: `#${s.op} ${s.kind} ${s.name}: ${s.state}` },
     el("span", { class: "kind", text: s.step ? `step ${s.step}` : s.kind }), s.name, el("span", { class: "muted",
       text: ` ${s.state}${failures ? ` (${failures} failed attempt${failures > 1 ? "s" : ""})` : ""}` }));
-  const row = el("div", { class: `row span-row s-${s.state}`, "data-kind": s.kind, "data-op": s.op },
+  const row = el("div", { class: `row span-row state-${s.state}`, "data-kind": s.kind, "data-op": s.op },
     label, track, el("div", { class: "dur", text: duration(stop - s.start) + (s.end === null ? "…" : "") }));
   row.addEventListener("click", () => toggleDetail(row, s));
   return [row];
@@ -254,10 +254,18 @@ function spanRows(s, end, bar, pos) {
 
 function toggleDetail(row, s) {
   if (row.nextElementSibling?.classList.contains("span-detail")) { row.nextElementSibling.remove(); return; }
+  const lines = [`#${s.op} ${s.kind} ${s.name}: ${s.state}, from ${when(s.start)}` +
+    (s.end !== null ? ` to ${when(s.end)}` : "") + (s.due ? ` (${s.kind === "wait" ? "times out" : "due"} ${when(s.due)})` : "")];
+  for (const a of s.attempts || []) {
+    lines.push(`  attempt ${a.attempt}: ${a.outcome}${a.end !== null ? ` at ${when(a.end)}` : ""}` +
+      (a.error ? `: ${a.error.type}: ${a.error.message}` : "") + (a.retry_at ? `; retry at ${when(a.retry_at)}` : ""));
+  }
   const detail = { ...(s.detail || {}) };
-  if (s.run_id) detail.run_id = s.run_id;
-  if (s.attempts) detail.attempts = s.attempts;
-  const box = el("div", { class: "span-detail" }, el("pre", { text: json(detail) }));
+  const error = detail.error;
+  if (error) detail.error = `${error.type}: ${error.message}`;
+  if (Object.keys(detail).length) lines.push(json(detail));
+  const box = el("div", { class: "span-detail" }, el("pre", { text: lines.join("\n") }));
+  if (error?.traceback) box.append(el("pre", { text: error.traceback }));
   if (s.run_id) box.prepend(el("a", { href: `#/runs/${encodeURIComponent(s.run_id)}`, text: `open ${s.run_id}` }));
   if (s.step) {
     const button = el("button", { type: "button", class: "fork-step", text: `Fork from step ${s.step}` });
