@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from starlette.routing import Route
 
+import replay
 from replay.dashboard import create_app
 from tests.dashboard.conftest import TOKEN, Dashboard
 from tests.dashboard.shop import app
@@ -304,3 +305,25 @@ def test_a_token_dashboard_answers_on_any_host_name(locked: Dashboard) -> None:
 def test_an_empty_token_is_refused() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         create_app(app, token=" ")
+
+
+def test_the_dashboard_works_on_a_sqlite_store(tmp_path: Any) -> None:
+    from starlette.testclient import TestClient
+
+    local = replay.App("sqlite-shop", store=f"sqlite:///{tmp_path}/replay.db")
+
+    @local.workflow()
+    async def wait_for_parcel(ctx: replay.Context, order: str) -> None:
+        await ctx.wait_for_event("order.shipped", match={"order": order})
+
+    async def start() -> str:
+        return (await local.start(wait_for_parcel, "o-9", run_id="o-9")).run_id
+
+    # No worker: the run stays pending, and the dashboard reads and acts on the file.
+    with TestClient(create_app(local), base_url="http://127.0.0.1") as client:
+        assert client.portal is not None
+        run_id = client.portal.call(start)
+        assert client.get("/api/runs").json()["counts"]["pending"] == 1
+        assert client.post(f"/api/runs/{run_id}/cancel", json={}).json()["run"]["cancel_requested"]
+        assert client.get(f"/api/runs/{run_id}").json()["journal"][0]["kind"] == "workflow_started"
+        client.portal.call(local.close)
