@@ -11,7 +11,7 @@ import sys
 import click
 
 from replay.app import App
-from replay.cli._common import Failed, load_app, make_store, run_async
+from replay.cli._common import BadUsage, Failed, load_app, make_store, run_async
 from replay.worker import StepInfo, Worker
 
 __all__ = ("worker",)
@@ -78,7 +78,7 @@ def worker(
     )
     app = load_app(app_spec)
     if not app.workflows:
-        raise Failed(f"{app_spec} registers no workflow: there is nothing to run")
+        raise BadUsage(f"{app_spec} registers no workflow: there is nothing to run")
     cut = run_async(_serve(app, store_url, drain_timeout, max_runs, poll_interval))
     if cut:
         steps = ", ".join(f"{s.run_id} step {s.name!r} (seq {s.seq}, attempt {s.attempt})" for s in cut)

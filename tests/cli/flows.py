@@ -70,3 +70,6 @@ async def gate(name: str) -> str:
 @app.workflow()
 async def gated(ctx: replay.Context) -> list[str]:
     return [await gate("one"), await letter("after")]
+
+
+empty = replay.App("cli-empty")  # registers nothing

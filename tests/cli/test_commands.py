@@ -93,3 +93,9 @@ def test_without_click_the_command_says_which_extra_to_install() -> None:
 
 def test_flows_app_is_what_the_worker_test_runs() -> None:
     assert set(flows.app.workflows) == {"letters", "napper", "shipper", "gated"}
+
+
+def test_worker_refuses_an_app_without_workflows_and_a_bad_store(replay_cli: Cli) -> None:
+    assert "registers no workflow" in replay_cli("worker", "tests.cli.flows:empty", code=2).output
+    out = replay_cli("worker", "tests.cli.flows:app", "--store", "ftp://nowhere", store=False, code=2).output
+    assert "unknown store" in out
