@@ -179,6 +179,11 @@ def _track(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> N
             )
         elif kind == j.CANCEL_REQUESTED:
             conn.execute("UPDATE runs SET cancel_delivered = 1 WHERE run_id = ?", (run_id,))
+        elif kind in j.TERMINAL_KINDS:
+            # Only a journaled end closes waits: a run parked as failed keeps them
+            # for when it is retried.
+            conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM awaited_children WHERE run_id = ?", (run_id,))
 
 
 def _update(
@@ -209,8 +214,6 @@ def _update(
         "SELECT status, wake_at, parent_id FROM runs WHERE run_id = ?", (run_id,)
     ).fetchone()
     if status in TERMINAL_STATUSES:
-        conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
-        conn.execute("DELETE FROM awaited_children WHERE run_id = ?", (run_id,))
         notices.append(Notice("finished", run_id))
         if parent_id is not None:
             _wake(conn, notices, parent_id, at)

@@ -239,6 +239,11 @@ class MemoryStore(Store):
                 run.children.discard(e.data["run_id"])
             elif e.kind == j.CANCEL_REQUESTED:
                 run.cancel_delivered = True
+            elif e.kind in j.TERMINAL_KINDS:
+                # Only a journaled end closes waits: a run parked as failed keeps them
+                # for when it is retried.
+                waits.clear()
+                run.children.clear()
         if not waits:
             del self._waits[run_id]
 
@@ -262,7 +267,6 @@ class MemoryStore(Store):
             run.owner = None
         status = run.info.status
         if status in TERMINAL_STATUSES:
-            self._waits.pop(run.info.run_id, None)
             self.notify("finished", run.info.run_id)
             parent = self._runs.get(run.info.parent_id or "")
             if parent is not None:

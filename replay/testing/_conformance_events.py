@@ -128,6 +128,16 @@ class EventCases(Cases):
         await store.send_event(event("e1", "x"))
         assert await store.poll_waits("r1") == []
 
+    async def test_a_parked_run_keeps_its_waits_for_a_retry(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        seq = await run.wait("x")
+        error = {"type": "NonDeterminismError", "message": "diff", "traceback": ""}
+        await run.update(RunUpdate(status="failed", error=error, release=True))  # parked: no end entry
+        await store.send_event(event("e1", "x"))
+        await store.requeue("r1", T0 + 1)
+        assert [(s, e.id) for s, e in await store.poll_waits("r1")] == [(seq, "e1")]
+
     # -- waking suspended runs -----------------------------------------------------------
 
     async def test_matching_event_wakes_a_suspended_run(self, store: Store) -> None:

@@ -207,3 +207,34 @@ async def first_thing(ctx: replay.Context) -> bool:
     before = ctx.is_replaying
     await nothing()
     return before
+
+
+def make_waiter(version: int) -> tuple[replay.App, replay.WorkflowDef[str]]:
+    app = replay.App("waiter", store="memory://")
+
+    @app.workflow(name="w")
+    async def w(ctx: replay.Context) -> str:
+        if version == 2:
+            await ctx.sleep(1)  # a changed first command
+        event = await ctx.wait_for_event("go")
+        return "went" if event else "no"
+
+    return app, w
+
+
+async def test_a_retried_run_still_gets_the_event_it_waited_for() -> None:
+    store = MemoryStore()
+    v1, w1 = make_waiter(1)
+    async with TestEnv(v1, store=store) as env:
+        await v1.start(w1, run_id="r")
+        await env.idle()
+    v2, _ = make_waiter(2)
+    async with TestEnv(v2, store=store) as env:
+        await v2.send_event("go")  # wakes the run: v2 cannot replay it, it is parked
+        await env.idle()
+        assert await v2.get_run("r").status() == "failed"
+    v1_again, _ = make_waiter(1)
+    async with TestEnv(v1_again, store=store) as env:
+        await v1_again.retry("r")
+        await env.idle()
+        assert await v1_again.get_run("r").result(timeout=5) == "went"
