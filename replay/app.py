@@ -307,6 +307,16 @@ class App:
                 self._unsubscribe = self._store.subscribe(self._on_notice)
         return self._store
 
+    def set_store(self, store: Store | str) -> None:
+        """Point the app at another store (a ``Store`` or a URL), opened on first use.
+
+        Call it before the app is used, not while a worker runs.
+        """
+        if self._opened:
+            raise RuntimeError(f"{self!r} already uses an open store; close it first")
+        self._store_spec = store
+        self._store = store if isinstance(store, Store) else None
+
     def use_store(self, store: Store, clock: Clock | None = None) -> tuple[Store | None, bool, Clock]:
         """Point the app at another (open) store; returns what to restore. For ``TestEnv``."""
         previous = (self._store, self._opened, self.clock)
@@ -462,28 +472,44 @@ class App:
             raise RunNotFound(f"no run with id {run_id!r}")
 
     async def retry(self, run_id: str) -> RunHandle[Any]:
-        """Resume a run parked by a ``NonDeterminismError``, once the code is fixed.
+        """Run a failed run again, on the current code.
 
-        The run goes back to ``pending`` with its journal untouched, and a worker
-        replays it on the current code. A run whose journal ended (completed,
-        failed by its own error, cancelled) is final and cannot be retried.
+        - A run parked by a ``NonDeterminismError`` (its journal has no end) goes
+          back to ``pending`` with its journal untouched, and a worker replays it:
+          the handle returned is the same run's.
+        - A run that failed because a step failed for good has a final journal, so
+          a new run, ``"<run_id>-retry-<n>"``, takes over: it reuses the journal up
+          to the failed step (the steps before it are not run again) and runs that
+          step and the rest on the current code. The handle returned is the new
+          run's (see ``fork``).
 
         Raises:
             RunNotFound: no run has this id.
-            ValueError: the run is not parked.
+            ValueError: the run did not fail, or failed in the workflow's own code
+                rather than in a step (fork it from a step instead).
         """
         store = await self.store()
         info = await store.get_run(run_id)
         if info is None:
             raise RunNotFound(f"no run with id {run_id!r}")
+        if info.status != "failed":
+            raise ValueError(f"run {run_id!r} is {info.status}: only a failed run can be retried")
         journal = await store.read_journal(run_id)
-        if info.status != "failed" or (journal and journal[-1].kind in j.TERMINAL_KINDS):
+        if not (journal and journal[-1].kind in j.TERMINAL_KINDS):
+            await store.requeue(run_id, self.clock.now())  # parked
+            return RunHandle(self, run_id)
+        failed = {e.data["op"] for e in journal if e.kind == j.STEP_FAILED and "retry_at" not in e.data}
+        scheduled = [e.seq for e in journal if e.kind == j.STEP_SCHEDULED]
+        step = next((n for n, seq in enumerate(scheduled, 1) if seq in failed), None)
+        if step is None:
             raise ValueError(
-                f"run {run_id!r} is {info.status} and its journal is final; only a run parked "
-                "by a NonDeterminismError (failed, with no end in its journal) can be retried"
+                f"run {run_id!r} failed in the workflow's own code, not in a step: "
+                "fix it, then fork the run from a step or start it again"
             )
-        await store.requeue(run_id, self.clock.now())
-        return RunHandle(self, run_id)
+        n = 1
+        while await store.get_run(f"{run_id}-retry-{n}") is not None:
+            n += 1
+        return await self.fork(run_id, step, run_id=f"{run_id}-retry-{n}")
 
     async def fork(self, source_id: str, /, from_step: int, *, run_id: str | None = None) -> RunHandle[Any]:
         """Start a new run that reuses a run's journal up to its ``from_step``-th step.

@@ -125,16 +125,24 @@ def check(app_spec: str, store_url: str | None, limit: int, as_json: bool) -> No
 
 
 @click.command()
+@click.option(
+    "--dashboard",
+    "with_dashboard",
+    is_flag=True,
+    help="Then serve the dashboard on http://127.0.0.1:8000/ with a worker, until Ctrl-C.",
+)
 @store_option
-def demo(store_url: str) -> None:
-    """Run the demo: three orders, a flaky payment retried, a shipping event.
+def demo(with_dashboard: bool, store_url: str) -> None:
+    """Run the demo: four orders, a flaky payment retried, a shipping event, one failure.
 
     It uses the store given (by default ./replay.db); run it twice and nothing
-    runs twice. Then look at it with replay runs list.
+    runs twice. Then look at it with replay runs list, or add --dashboard to
+    open it in a browser, find the failed order and retry it.
 
     \b
-    Example:
+    Examples:
       replay demo && replay runs list
+      replay demo --dashboard
     """
     from replay import demo as demo_module
 
@@ -150,6 +158,18 @@ def demo(store_url: str) -> None:
             demo_module.app.restore_store(previous)
 
     run_async(main())
+    if with_dashboard:
+        try:
+            from replay.dashboard import serve
+        except ImportError as exc:
+            raise BadUsage(str(exc)) from None
+        demo_module.app.set_store(make_store(store_url, must_exist=True))
+        click.echo(
+            "\ndashboard on http://127.0.0.1:8000/ with a worker (Ctrl-C stops both): "
+            "open it, find the failed order, read why, retry it",
+            err=True,
+        )
+        serve(demo_module.app, with_worker=True, log_level="warning")
 
 
 @click.command()

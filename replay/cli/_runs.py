@@ -245,12 +245,13 @@ def cancel(run_id: str, store_url: str, as_json: bool) -> None:
 @store_option
 @json_option
 def retry(run_id: str, store_url: str, as_json: bool) -> None:
-    """Resume a run parked by a NonDeterminismError, once the code is fixed.
+    """Run a failed run again on the current code.
 
-    The run goes back to pending with its journal untouched, and a worker
-    replays it on the current code. A run whose journal ended (completed,
-    failed by its own error, cancelled) is final: exits 1; to run such a run's
-    later steps again, fork it (replay runs fork).
+    A run parked by a NonDeterminismError goes back to pending and a worker
+    replays it. A run whose step failed for good continues as a new run,
+    RUN-retry-N, that reuses its journal up to the failed step and runs the rest
+    again. Other runs (completed, cancelled, failed in the workflow's own code)
+    exit 1; fork those from a step instead (replay runs fork).
 
     \b
     Example:
@@ -259,16 +260,18 @@ def retry(run_id: str, store_url: str, as_json: bool) -> None:
 
     async def go(app: App) -> RunInfo:
         try:
-            await app.retry(run_id)
+            handle = await app.retry(run_id)
         except ValueError as exc:
             raise Failed(str(exc)) from None
-        return await app.get_run(run_id).info()
+        return await handle.info()
 
     info = on_store(store_url, go)
     if as_json:
         echo_json(_info_json(info))
-    else:
+    elif info.run_id == run_id:
         click.echo(f"{run_id} is {info.status} again: a worker replays it on the current code")
+    else:
+        click.echo(f"{run_id} continues as {info.run_id} ({info.status}), from its failed step")
 
 
 @runs.command("fork")

@@ -131,10 +131,11 @@ class _Api:
         await _json_object(request, empty_ok=True)
         await self._info(run_id)
         try:
-            await self.app.retry(run_id)
+            handle = await self.app.retry(run_id)
         except ValueError as exc:
             raise ApiError(409, str(exc)) from None
-        return JSONResponse({"run": _run(await self._info(run_id))})
+        # A step's final failure is retried as a new run: answer with that one.
+        return JSONResponse({"run": _run(await self._info(handle.run_id))})
 
     async def fork(self, request: Request) -> JSONResponse:
         run_id: str = request.path_params["run_id"]

@@ -46,6 +46,7 @@ def serve(
     token: str | None = None,
     *,
     log_level: str = "info",
+    with_worker: bool = False,
 ) -> None:
     """Serve the dashboard of ``app`` with uvicorn until interrupted.
 
@@ -55,6 +56,8 @@ def serve(
         port: the port to bind.
         token: the secret every request must carry; see ``create_app``.
         log_level: uvicorn's log level.
+        with_worker: also run a worker of ``app`` in this process, so that what
+            the dashboard retries, forks or wakes runs here.
 
     Raises:
         ValueError: a non-loopback ``host`` without a token (checked before
@@ -68,7 +71,11 @@ def serve(
 
     async def run() -> None:
         try:
-            await server.serve()
+            if with_worker:
+                async with app.worker():
+                    await server.serve()
+            else:
+                await server.serve()
         finally:
             await app.close()
 

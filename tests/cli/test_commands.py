@@ -51,8 +51,14 @@ def test_demo_runs_and_leaves_runs_to_look_at(replay_cli: Cli) -> None:
     out = replay_cli("demo").stdout
     assert "demo-order-1: completed" in out
     rows = replay_cli.json("runs", "list")
-    assert sorted(r["run_id"] for r in rows) == ["demo-order-1", "demo-order-2", "demo-order-3"]
-    assert {r["status"] for r in rows} == {"completed"}
+    assert sorted(r["run_id"] for r in rows) == [
+        "demo-order-1",
+        "demo-order-2",
+        "demo-order-3",
+        "demo-order-4",
+    ]
+    assert [r["status"] for r in sorted(rows, key=lambda r: r["run_id"])] == ["completed"] * 3 + ["failed"]
+    assert "payment provider unavailable" in out
 
 
 def test_dashboard_serves_the_store_on_loopback(

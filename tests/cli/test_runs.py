@@ -175,7 +175,7 @@ def test_runs_retry_resumes_only_a_parked_run(replay_cli: Cli, on_flows: Any, ur
     info = replay_cli.json("runs", "retry", "parked")
     assert (info["status"], info["error"]) == ("pending", None)
     out = replay_cli("runs", "retry", "letters-0", code=1).output
-    assert "journal is final" in out
+    assert "only a failed run can be retried" in out
     assert replay_cli.json("runs", "show", "letters-0")["run"]["status"] == "completed"
 
 

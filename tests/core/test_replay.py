@@ -169,7 +169,7 @@ async def test_a_parked_run_resumes_with_retry_once_the_code_is_fixed() -> None:
         await fixed.retry("r")
         await env.advance(timedelta(hours=1))
         assert await fixed.get_run("r").result() == "reserved book"
-        with pytest.raises(ValueError, match="journal is final"):
+        with pytest.raises(ValueError, match="only a failed run can be retried"):
             await fixed.retry("r")
         with pytest.raises(replay.RunNotFound):
             await fixed.retry("nope")

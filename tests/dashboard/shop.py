@@ -18,6 +18,7 @@ app = replay.App("shop", store="memory://")
 # The version of `audit_order` the "deployed" code runs: changing it under a
 # journaled run parks that run with a NonDeterminismError, as a bad deploy would.
 version = {"audit": 1}
+approved: set[str] = set()  # declined cards that work again, for the retry tests
 
 
 @app.step()
@@ -29,7 +30,7 @@ async def reserve(order: str) -> dict[str, Any]:
 @app.step(retry=replay.RetryPolicy(max_attempts=3, initial_interval=timedelta(seconds=30), jitter=False))
 async def charge(order: str, cents: int) -> str:
     """Charge the card: a declined card fails every attempt."""
-    if order.startswith("declined"):
+    if order.startswith("declined") and order not in approved:
         raise ConnectionRefusedError(f"card declined for {order}")
     return f"receipt-{order}-{cents}"
 

@@ -83,7 +83,7 @@ def test_cancel_stops_a_suspended_run(dash: Dashboard) -> None:
     assert dash.status(dash.ids["other_suspended"]) == "suspended"
 
 
-def test_retry_resumes_a_parked_run_and_refuses_a_final_one(dash: Dashboard) -> None:
+def test_retry_resumes_a_parked_run_and_continues_a_failed_one_as_a_new_run(dash: Dashboard) -> None:
     run_id = dash.ids["parked"]
     assert dash.status(run_id) == "failed"
     response = dash.client.post(f"/api/runs/{run_id}/retry", headers=JSON)
@@ -91,9 +91,14 @@ def test_retry_resumes_a_parked_run_and_refuses_a_final_one(dash: Dashboard) -> 
     assert response.json()["run"]["status"] == "pending"
     dash.call(dash.env.advance, timedelta(hours=1))
     assert dash.status(run_id) == "completed"  # replayed on the fixed code
+    failed = dash.ids["failed"]
+    final = dash.client.post(f"/api/runs/{failed}/retry", json={})
+    assert final.status_code == 200, final.text
+    assert final.json()["run"]["run_id"] == f"{failed}-retry-1"  # its journal is final: a new run goes on
+    assert dash.status(failed) == "failed"
     before = dash.snapshot()
-    final = dash.client.post(f"/api/runs/{dash.ids['failed']}/retry", json={})
-    assert final.status_code == 409 and "journal is final" in final.json()["error"]
+    done = dash.client.post(f"/api/runs/{run_id}/retry", json={})
+    assert done.status_code == 409 and "only a failed run can be retried" in done.json()["error"]
     assert dash.snapshot() == before
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.dashboard import shop
 from tests.dashboard.shop import LiveDashboard, app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -115,7 +116,25 @@ def test_a_failed_run_shows_its_error_and_its_timeline(page: Any, live: LiveDash
     expect(charge.locator(".bar.retry")).to_have_count(2)
     expect(rows.nth(1).locator(".bar.timer")).to_have_count(1)
     expect(page.locator("#cancel-btn")).to_be_disabled()
-    expect(page.locator("#retry-btn")).to_be_disabled()  # its journal is final
+    expect(page.locator("#retry-btn")).to_be_enabled()
+
+
+def test_retry_after_the_fix_runs_the_failed_step_again_and_completes(page: Any, live: LiveDashboard) -> None:
+    from playwright.sync_api import expect
+
+    source = live.ids["failed"]
+    page.goto(f"{live.url}#/runs/{source}")
+    expect(page.locator("#run-status")).to_have_text("failed")
+    order = source.removeprefix("checkout-")
+    shop.approved.add(order)  # the card works now
+    try:
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.click("#retry-btn")
+        expect(page.locator("#run-title")).to_have_text(f"{source}-retry-1")
+        expect(page.locator("#run-status")).to_have_text("completed", timeout=15_000)
+        expect(page.locator("#run-output")).to_contain_text("receipt-")
+    finally:
+        shop.approved.discard(order)
 
 
 def test_cancel_after_confirming_cancels_a_suspended_run(page: Any, live: LiveDashboard) -> None:

@@ -157,7 +157,7 @@ async function showRun(id) {
   $("run-status").textContent = run.status + (run.cancel_requested && !finished(run) ? " (cancelling)" : "");
   $("run-status").className = `badge s-${run.status}`;
   $("cancel-btn").disabled = finished(run);
-  $("retry-btn").disabled = !(run.status === "failed" && !data.timeline.finished);
+  $("retry-btn").disabled = run.status !== "failed";
   $("retry-btn").title = $("retry-btn").disabled
     ? "only a run parked by a NonDeterminismError (failed, its journal not final) can be retried"
     : "replay this parked run on the current code";
@@ -326,8 +326,12 @@ function setup() {
     `Cancel run ${current.run_id}? The workflow sees CancelledError at its next await.`,
     `api/runs/${encodeURIComponent(current.run_id)}/cancel`, {}, (r) => `Cancellation requested: ${r.run.run_id}`));
   $("retry-btn").addEventListener("click", () => current && act(
-    `Retry run ${current.run_id}? It replays its journal on the current code.`,
-    `api/runs/${encodeURIComponent(current.run_id)}/retry`, {}, (r) => `Retrying ${r.run.run_id}`));
+    `Retry run ${current.run_id}? It runs again on the current code, from its failed step; ` +
+    `the steps before it are not run again.`,
+    `api/runs/${encodeURIComponent(current.run_id)}/retry`, {}, (r) => {
+      if (r.run.run_id !== current.run_id) location.hash = `#/runs/${encodeURIComponent(r.run.run_id)}`;
+      return `Retrying ${current.run_id} as ${r.run.run_id}`;
+    }));
   $("fork-btn").addEventListener("click", askFork);
   $("event-btn").addEventListener("click", () => { $("event-form").hidden = false; $("event-name").focus(); });
   $("event-close").addEventListener("click", () => { $("event-form").hidden = true; });
