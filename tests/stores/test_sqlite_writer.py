@@ -167,3 +167,51 @@ async def test_the_writer_recovers_from_a_group_cancelled_mid_way(store: SqliteS
     assert committed_seqs(store.path, first.run_id) == [1]
     await store.append(first.run_id, first.token, [step(first)])
     assert committed_seqs(store.path, first.run_id) == [1, 2]
+
+
+async def test_several_failures_in_one_group_each_fail_alone_and_the_rest_run_once(
+    store: SqliteStore,
+) -> None:
+    # The writer runs a group without isolating its jobs; when one raises it rolls the
+    # group back and runs it again, each job in a SAVEPOINT. What the first run of the
+    # others produced (rows, notices, results) must count once, and a second failure,
+    # met only on the second run, must fail alone too.
+    owned = await runs(store, 4)
+    calls: dict[str, int] = {}
+
+    def job(name: str, fail: bool) -> Callable[[sqlite3.Connection, list[Notice]], str]:
+        def run(conn: sqlite3.Connection, notices: list[Notice]) -> str:
+            calls[name] = calls.get(name, 0) + 1
+            conn.execute("INSERT INTO events (id, name, data, at) VALUES (?, 'x', '{}', 1.0)", (name,))
+            notices.append(Notice("news", name))
+            if fail:
+                raise LeaseLost(f"{name} lost")
+            return name
+
+        return run
+
+    assert store._writer is not None
+    writer = store._writer
+    heard = Notices(store)
+    before = store.commits
+    with write_locked(store.path):
+        tasks = [
+            asyncio.create_task(writer.submit(job("a", False))),
+            asyncio.create_task(writer.submit(job("bad1", True))),
+            asyncio.create_task(writer.submit(job("b", False))),
+            asyncio.create_task(writer.submit(job("bad2", True))),
+            *(asyncio.create_task(store.append(run.run_id, run.token, [step(run)])) for run in owned),
+        ]
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert store.commits - before <= 2
+    assert results[0] == "a" and results[2] == "b"
+    assert isinstance(results[1], LeaseLost) and isinstance(results[3], LeaseLost)
+    assert results[4:] == [None] * len(owned)
+    assert heard.take() == [("news", "a"), ("news", "b")]  # each once; none of the failed ones
+    assert not (await store.send_event(event("a", "y")))[1]  # kept
+    assert (await store.send_event(event("bad1", "y")))[1]  # undone
+    assert (await store.send_event(event("bad2", "y")))[1]  # undone
+    for run in owned:
+        assert committed_seqs(store.path, run.run_id) == [1, 2]
+    assert calls["bad1"] == 1  # the job that raised first is not run again
