@@ -71,9 +71,10 @@ async def main() -> None:
             await app.send_event("order.shipped", {"order_id": f"o-{i}"}, id=f"ship-o-{i}")
         for run in runs:
             try:
-                print(f"{run.run_id}: {await run.status()} {await run.result(timeout=30)}")
+                outcome = repr(await run.result(timeout=30))
             except replay.StepFailed as exc:
-                print(f"{run.run_id}: {await run.status()} {exc.type_name}: {exc.message}")
+                outcome = f"{exc.type_name}: {exc.message}"
+            print(f"{run.run_id}: {await run.status()} {outcome}")
     print(f"\njournal of {runs[0].run_id}:")
     for entry in await runs[0].journal():
         detail = {k: v for k, v in entry.data.items() if k != "error"}
