@@ -11,8 +11,10 @@
   queued to the one writer connection, which runs all that is queued in ONE
   transaction with ONE commit; a write that fails (a stale lease token) fails
   alone (the group is rolled back and run again without it, each write then
-  in its own SAVEPOINT). Callers resume after that commit. The commit (the fsync) runs on the writer's own thread while the
-  event loop goes on; ``store.commits`` counts the commits.
+  in its own SAVEPOINT). Callers resume after that commit. The commit (the
+  fsync) runs on the writer's own thread while the event loop goes on, except
+  for a lone write with nothing queued behind it, which commits on the loop's
+  thread to save the two hops; ``store.commits`` counts the commits.
 - **Reads never wait for the writer.** They use their own connection, which in
   WAL mode reads the last commit while the writer writes the next. A point read
   costs about 15 µs, so it runs on the event loop's thread: handing it to a
