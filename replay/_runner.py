@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
@@ -29,8 +29,9 @@ __all__ = ("RunDriver",)
 log = logging.getLogger("replay.worker")
 
 
-@attrs.frozen
-class StepDone:
+# Named tuples, not frozen attrs classes: one of these is built per step attempt,
+# and a tuple costs a fraction of a frozen instance.
+class StepDone(NamedTuple):
     """A step attempt returned."""
 
     seq: int
@@ -38,8 +39,7 @@ class StepDone:
     result: Any
 
 
-@attrs.frozen
-class StepError:
+class StepError(NamedTuple):
     """A step attempt raised."""
 
     seq: int
@@ -191,19 +191,25 @@ class RunDriver:
         completions: list[Entry] = []
         restart: list[StepOp] = []
         done: set[int] = set()  # ops given a completion in this batch: one each
+        tick = news = False
         for item in items:
-            if isinstance(item, StepDone | StepError) and item.seq not in done:
-                entry = self._step_entry(inst, item)
-                if entry is not None:
-                    completions.append(entry)
-                    if "retry_at" not in entry.data:
-                        done.add(item.seq)
-        if any(isinstance(item, Tick) for item in items):
+            if isinstance(item, StepDone | StepError):
+                if item.seq not in done:
+                    entry = self._step_entry(inst, item)
+                    if entry is not None:
+                        completions.append(entry)
+                        if "retry_at" not in entry.data:
+                            done.add(item.seq)
+            elif isinstance(item, Tick):
+                tick = True
+            else:
+                news = True
+        if tick:
             if inst.deadline is not None and inst.deadline <= self.clock.now():
                 await self._timed_out()
                 return
             completions.extend(await self._due(inst, restart, done))
-        if any(isinstance(item, News) for item in items):
+        if news:
             completions.extend(await self._news(inst, done))
         if completions:
             entries = inst.take_buffer() + completions
