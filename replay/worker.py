@@ -390,12 +390,15 @@ class Worker:
             self.on_step(info)
         token = _current_step.set(info)
         try:
-            call = functools.partial(fn, *op.args, **op.kwargs)
-            if inspect.iscoroutinefunction(fn):
+            is_async = getattr(op.step, "is_async", None) if fn is getattr(op.step, "fn", None) else None
+            if is_async is None:
+                is_async = inspect.iscoroutinefunction(fn)  # a plain function or a mock: ask
+            if is_async:
                 if op.timeout is None:
-                    return await call()
+                    return await fn(*op.args, **op.kwargs)
                 async with asyncio.timeout(op.timeout):
-                    return await call()
+                    return await fn(*op.args, **op.kwargs)
+            call = functools.partial(fn, *op.args, **op.kwargs)
             with anyio.fail_after(op.timeout):
                 return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
         finally:
