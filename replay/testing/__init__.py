@@ -19,6 +19,7 @@ from replay.testing.records import StepRecord as StepRecord
 
 if TYPE_CHECKING:
     from replay.testing.conformance import StoreConformance as StoreConformance
+    from replay.testing.stateful import StoreAgreement as StoreAgreement
 
 __all__ = (
     "CrashExplorationError",
@@ -29,6 +30,7 @@ __all__ = (
     "SimulatedCrash",
     "StepMock",
     "StepRecord",
+    "StoreAgreement",
     "StoreConformance",
     "TestEnv",
     "VirtualClock",
@@ -45,4 +47,8 @@ def __getattr__(name: str) -> Any:
         from replay.testing.conformance import StoreConformance
 
         return StoreConformance
+    if name == "StoreAgreement":  # needs hypothesis
+        from replay.testing.stateful import StoreAgreement
+
+        return StoreAgreement
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
