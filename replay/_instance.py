@@ -149,7 +149,7 @@ class Instance:
         self._entries = journal
         self._deliver = 1
         self._cmd = 1
-        self._last_command = max((i for i, e in enumerate(journal) if e.kind in j.COMMAND_KINDS), default=0)
+        self._last_command: int | None = None  # computed when first asked: is_replaying is rare
         self._live = False
         self.next_seq = journal[-1].seq + 1
         self._loop_timers: dict[asyncio.TimerHandle, TimerOp] = {}
@@ -165,7 +165,13 @@ class Instance:
         if self._live:
             return False
         # Live once every completion is delivered and no journaled command is left.
-        return self._deliver < len(self._entries) or self._cmd <= self._last_command
+        entries = self._entries
+        if self._last_command is None:
+            kinds = j.COMMAND_KINDS
+            self._last_command = next(
+                (i for i in range(len(entries) - 1, 0, -1) if entries[i].kind in kinds), 0
+            )
+        return self._deliver < len(entries) or self._cmd <= self._last_command
 
     # -- replay ------------------------------------------------------------------
 
@@ -302,7 +308,8 @@ class Instance:
                         _, kind, at, done = entries[cmd + 1]
                         if kind == j.STEP_COMPLETED and done["op"] == entry[0]:
                             # The fast path (see the module docstring), inlined for the commonest case.
-                            self._deliver = cmd + 2
+                            # Both cursors pass the completion: it is no command, and it is delivered.
+                            self._deliver = self._cmd = cmd + 2
                             loop = self.loop
                             if at > loop._time:
                                 loop._time = at

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -238,3 +239,24 @@ async def test_a_retried_run_still_gets_the_event_it_waited_for() -> None:
         await v1_again.retry("r")
         await env.idle()
         assert await v1_again.get_run("r").result(timeout=5) == "went"
+
+
+async def test_sequential_steps_replay_on_the_inline_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # W4's speed rests on this path: a replayed step whose completion follows it in
+    # the journal resolves inline, without an op, a match scan or a delivery.
+    from replay._instance import Instance
+
+    slow: list[str] = []
+    original = Instance._fast_result
+
+    def counting(self: Instance, entry: Any, op: Any) -> bool:
+        slow.append(entry.kind)
+        return original(self, entry, op)
+
+    async with TestEnv(many_app) as env:
+        run = await many_app.start(chain, 50)
+        await env.idle()
+        monkeypatch.setattr(Instance, "_fast_result", counting)
+        await env.advance(timedelta(days=1))  # wakes: a full replay
+        assert await run.result() == 50
+    assert slow == ["timer_started"]  # only the sleep took the general path
