@@ -7,17 +7,15 @@ import contextlib
 import inspect
 import os
 import uuid
-from asyncio.events import _get_running_loop
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, overload
-
-import attrs
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
 from replay import journal as j
-from replay._loop import WorkflowLoop
 from replay.clock import Clock, SystemClock
-from replay.errors import RunNotFound, error_from_data
+from replay.definitions import Event, StepDef, WorkflowDef
+from replay.errors import RunNotFound
+from replay.handle import RunHandle
 from replay.journal import Entry, round_trip
 from replay.policies import RetryPolicy
 from replay.stores import open_store
@@ -35,140 +33,6 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 DEFAULT_STORE = "sqlite:///replay.db"
-
-
-@attrs.frozen
-class Event:
-    """An event, as ``wait_for_event`` returns it and a trigger receives it.
-
-    Attributes:
-        id: unique id; sending an event with an id already stored does nothing.
-        name: what happened, such as ``"order.shipped"``.
-        data: a JSON object.
-        at: when it was sent (epoch seconds).
-    """
-
-    id: str
-    name: str
-    data: dict[str, Any]
-    at: float
-
-
-class WorkflowDef(Generic[*Ts, R]):
-    """A workflow registered with ``@app.workflow``; pass it to ``app.start``.
-
-    Attributes:
-        name: the name runs are stored under.
-        fn: the ``async def (ctx, *args)`` itself.
-        timeout: the longest a run may take, from its start, before it fails.
-    """
-
-    def __init__(
-        self,
-        app: App,
-        fn: Callable[[Context, *Ts], Awaitable[R]],
-        name: str,
-        timeout: timedelta | None,
-    ) -> None:
-        self.app = app
-        self.fn = fn
-        self.name = name
-        self.timeout = timeout
-        self.__doc__ = fn.__doc__
-        self.__wrapped__ = fn
-
-    def __repr__(self) -> str:
-        return f"<workflow {self.name!r}>"
-
-
-class StepDef(Generic[P, R]):
-    """A step registered with ``@app.step``.
-
-    Called inside a running workflow it is ``ctx.step(fn, ...)``: it runs once and
-    its result is journaled. Called anywhere else it is a plain call.
-
-    Attributes:
-        step_name: the name its results are journaled under.
-        fn: the function itself.
-        retry: its retry policy.
-        timeout: the longest one attempt may take.
-    """
-
-    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy, timeout: timedelta | None) -> None:
-        self.fn = fn
-        self.step_name = name
-        self.retry = retry
-        self.timeout = timeout
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self.__doc__ = fn.__doc__
-        self.__wrapped__ = fn
-        self.__name__ = getattr(fn, "__name__", name)
-        self.__qualname__ = getattr(fn, "__qualname__", name)
-        self.__module__ = getattr(fn, "__module__", __name__)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        loop = _get_running_loop()
-        if type(loop) is not WorkflowLoop:
-            return self.fn(*args, **kwargs)
-        return loop.instance.issue_step(self.step_name, self, args, kwargs, self.retry, self.timeout)  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return f"<step {self.step_name!r}>"
-
-
-class RunHandle(Generic[R]):
-    """A handle on one run. Getting one does no I/O; its methods do.
-
-    Its methods raise ``RunNotFound`` when no run has this id.
-    """
-
-    def __init__(self, app: App, run_id: str) -> None:
-        self.app = app
-        self.run_id = run_id
-
-    def __repr__(self) -> str:
-        return f"<RunHandle {self.run_id!r}>"
-
-    async def info(self) -> RunInfo:
-        """The run as stored: status, arguments, result or error, times."""
-        store = await self.app.store()
-        info = await store.get_run(self.run_id)
-        if info is None:
-            raise RunNotFound(f"no run with id {self.run_id!r}")
-        return info
-
-    async def status(self) -> str:
-        """One of ``pending``, ``running``, ``suspended``, ``completed``, ``failed``, ``cancelled``."""
-        return (await self.info()).status
-
-    async def result(self, timeout: float | timedelta | None = None) -> R:
-        """Wait for the run to finish and return its result.
-
-        Args:
-            timeout: give up after this long (seconds or a timedelta); None waits forever.
-
-        Raises:
-            TimeoutError: the run did not finish in time.
-            ReplayError: the run's own error (``StepFailed``, ``Cancelled``,
-                ``WorkflowTimeout``, ``WorkflowFailed``...).
-        """
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        info = await self.app._wait_finished(self.run_id, seconds)
-        if info.status == "completed":
-            return info.result  # type: ignore[no-any-return]
-        if info.status == "cancelled":
-            raise error_from_data({"type": "Cancelled", "message": f"run {self.run_id!r} was cancelled"})
-        raise error_from_data(info.error or {"type": "WorkflowFailed", "message": "failed"})
-
-    async def cancel(self) -> None:
-        """Ask the run to stop: the workflow sees ``asyncio.CancelledError`` at its next await."""
-        await self.app.cancel(self.run_id)
-
-    async def journal(self) -> list[Entry]:
-        """The run's journal entries, each with ``seq``, ``kind``, ``at`` and ``data``."""
-        await self.info()
-        store = await self.app.store()
-        return await store.read_journal(self.run_id)
 
 
 class App:
