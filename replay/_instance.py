@@ -28,10 +28,9 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-import attrs
-
 from replay import journal as j
 from replay._loop import WorkflowLoop
+from replay._ops import ChildOp, InstanceClosed, Op, StepOp, TimerOp, WaitOp
 from replay.errors import NonDeterminismError, ReplayInternalError, StepFailed, error_from_data
 from replay.journal import Entry, round_trip
 from replay.policies import RetryPolicy
@@ -40,62 +39,7 @@ if TYPE_CHECKING:
     from replay.app import StepDef, WorkflowDef
     from replay.context import Context
 
-__all__ = ("ChildOp", "Instance", "StepOp", "TimerOp", "WaitOp")
-
-
-@attrs.define(eq=False)
-class StepOp:
-    """A step the workflow is waiting on."""
-
-    seq: int
-    name: str
-    step: Callable[..., Any] | None
-    args: list[Any]
-    kwargs: dict[str, Any]
-    retry: RetryPolicy
-    timeout: float | None
-    future: asyncio.Future[Any]
-    attempts: int = 0
-    retry_at: float | None = None
-
-
-@attrs.define(eq=False)
-class TimerOp:
-    """A durable timer: from ``ctx.sleep`` (a future) or the loop's ``call_at`` (a handle)."""
-
-    seq: int
-    due: float
-    future: asyncio.Future[None] | None = None
-    handle: asyncio.TimerHandle | None = None
-
-
-@attrs.define(eq=False)
-class WaitOp:
-    """A wait for an event."""
-
-    seq: int
-    name: str
-    match: dict[str, Any]
-    timeout_at: float | None
-    future: asyncio.Future[Any]
-
-
-@attrs.define(eq=False)
-class ChildOp:
-    """A child run the workflow is waiting on."""
-
-    seq: int
-    workflow: str
-    run_id: str
-    args: list[Any]
-    future: asyncio.Future[Any]
-
-
-Op = StepOp | TimerOp | WaitOp | ChildOp
-
-
-class InstanceClosed(BaseException):
-    """Raised into workflow code that runs while its instance is being closed."""
+__all__ = ("ChildOp", "Instance", "InstanceClosed", "Op", "StepOp", "TimerOp", "WaitOp")
 
 
 def _caller() -> str:
