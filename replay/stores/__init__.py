@@ -22,7 +22,7 @@ def open_store(url: str) -> Store:
         ValueError: the URL's scheme names no known store.
     """
     if not isinstance(url, str) or "://" not in url:
-        raise ValueError(f"a store URL looks like memory://, sqlite:///path or postgresql://..., got {url!r}")
+        raise ValueError(f"a store URL looks like memory:// or sqlite:///path, got {url!r}")
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if scheme not in _BACKENDS:
         known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
