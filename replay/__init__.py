@@ -21,18 +21,30 @@ from replay.errors import StoreError as StoreError
 from replay.errors import WorkflowFailed as WorkflowFailed
 from replay.errors import WorkflowSandboxError as WorkflowSandboxError
 from replay.errors import WorkflowTimeout as WorkflowTimeout
+from replay.policies import CancelOn as CancelOn
+from replay.policies import Concurrency as Concurrency
+from replay.policies import Debounce as Debounce
+from replay.policies import RateLimit as RateLimit
 from replay.policies import RetryPolicy as RetryPolicy
+from replay.policies import Throttle as Throttle
+from replay.schedules import Cron as Cron
+from replay.schedules import cron as cron
 from replay.stores.base import RunInfo as RunInfo
 from replay.worker import StepInfo as StepInfo
 from replay.worker import current_step as current_step
 
 __all__ = (
     "App",
+    "CancelOn",
     "Cancelled",
+    "Concurrency",
     "Context",
+    "Cron",
+    "Debounce",
     "Event",
     "NonDeterminismError",
     "NonRetryableError",
+    "RateLimit",
     "ReplayError",
     "RetryPolicy",
     "RunHandle",
@@ -43,10 +55,12 @@ __all__ = (
     "StepFailed",
     "StepInfo",
     "StoreError",
+    "Throttle",
     "WorkflowDef",
     "WorkflowFailed",
     "WorkflowSandboxError",
     "WorkflowTimeout",
+    "cron",
     "current_step",
 )
 
