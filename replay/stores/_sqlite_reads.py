@@ -112,13 +112,23 @@ def poll_waits(conn: sqlite3.Connection, run_id: str) -> list[tuple[int, EventRe
 
 
 def next_wake_at(conn: sqlite3.Connection, workflows: Sequence[str]) -> float | None:
-    """The earliest ``wake_at`` among suspended runs of these workflows."""
+    """The earliest ``wake_at`` among suspended or delayed pending runs of these workflows."""
     if not workflows:
         return None
     marks = ",".join("?" * len(workflows))
-    row = conn.execute(
-        "SELECT wake_at FROM runs WHERE status = 'suspended' AND wake_at IS NOT NULL "
-        f"AND workflow IN ({marks}) ORDER BY wake_at LIMIT 1",
-        tuple(workflows),
-    ).fetchone()
+    times = []
+    for status in ("suspended", "pending"):
+        row = conn.execute(
+            f"SELECT wake_at FROM runs WHERE status = '{status}' AND wake_at IS NOT NULL "
+            f"AND workflow IN ({marks}) ORDER BY wake_at LIMIT 1",
+            tuple(workflows),
+        ).fetchone()
+        if row is not None:
+            times.append(float(row[0]))
+    return min(times, default=None)
+
+
+def get_schedule(conn: sqlite3.Connection, name: str) -> float | None:
+    """A schedule's last tick."""
+    row = conn.execute("SELECT tick FROM schedules WHERE name = ?", (name,)).fetchone()
     return None if row is None else float(row[0])

@@ -76,6 +76,37 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (run_id, child_id)
     ) WITHOUT ROWID;
     """,
+    """
+    -- flow control (see replay.stores.base.Flow)
+    ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN concurrency_key TEXT;
+    ALTER TABLE runs ADD COLUMN concurrency_limit INTEGER;
+    ALTER TABLE runs ADD COLUMN throttle_key TEXT;
+    ALTER TABLE runs ADD COLUMN begin_at REAL;
+    ALTER TABLE runs ADD COLUMN rate_key TEXT;
+    ALTER TABLE runs ADD COLUMN debounce_key TEXT;
+    -- claim: pending runs by priority, then in creation order.
+    CREATE INDEX runs_pending ON runs (status, priority DESC);
+    -- claim: how many runs of each concurrency key are running.
+    CREATE INDEX runs_concurrency ON runs (status, concurrency_key) WHERE concurrency_key IS NOT NULL;
+    CREATE INDEX runs_throttle ON runs (throttle_key, begin_at) WHERE throttle_key IS NOT NULL;
+    CREATE INDEX runs_rate ON runs (rate_key, created_at) WHERE rate_key IS NOT NULL;
+    CREATE INDEX runs_debounce ON runs (debounce_key, status) WHERE debounce_key IS NOT NULL;
+    -- the events that cancel a run (CancelOn), until it ends.
+    CREATE TABLE cancel_on (
+        run_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        match BLOB NOT NULL,
+        after INTEGER NOT NULL
+    );
+    CREATE INDEX cancel_on_name ON cancel_on (name);
+    CREATE INDEX cancel_on_run ON cancel_on (run_id);
+    -- cron cursors: the last tick each schedule fired.
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        tick REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -16,11 +16,13 @@ import attrs
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry, decode_value, encode_entry, encode_value
+from replay.stores._flow import debounce_wake, dropped, throttle_begin
 from replay.stores._sqlite_reads import TERMINAL_SQL, first_match, get_run
 from replay.stores.base import (
     TERMINAL_STATUSES,
     Claim,
     EventRecord,
+    Gate,
     NewRun,
     Notice,
     RunInfo,
@@ -32,6 +34,7 @@ __all__ = (
     "PreparedRun",
     "PreparedUpdate",
     "append",
+    "advance_schedule",
     "claim",
     "create_run",
     "request_cancel",
@@ -48,6 +51,7 @@ class PreparedRun:
     args: bytes
     first: bytes
     rest: tuple[bytes, ...] = ()
+    cancel_on: tuple[tuple[str, bytes], ...] = ()
 
     @classmethod
     def of(cls, run: NewRun) -> PreparedRun:
@@ -58,6 +62,7 @@ class PreparedRun:
             encode_value(run.args, f"the arguments of run {run.run_id!r}"),
             encode_entry(run.first),
             tuple(encode_entry(e) for e in run.journal),
+            tuple((name, encode_value(match)) for name, match in run.flow.cancel_on),
         )
 
 
@@ -84,19 +89,49 @@ class PreparedUpdate:
 def create_run(
     conn: sqlite3.Connection, notices: list[Notice], prepared: PreparedRun
 ) -> tuple[RunInfo, bool]:
-    """Create a run and its first entry unless the id exists."""
+    """Create a run and its first entries unless the id exists, under its flow control."""
     run = prepared.run
-    at = run.started_at
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id) "
-        "VALUES (?, ?, 'pending', ?, ?, ?, ?)",
-        (run.run_id, run.workflow, prepared.args, at, at, run.parent_id),
-    )
-    if cur.rowcount == 0:
-        existing = get_run(conn, run.run_id)
-        if existing is None:
-            raise ReplayInternalError(f"run {run.run_id!r} neither inserted nor found")
+    flow, at = run.flow, run.started_at
+    existing = get_run(conn, run.run_id)
+    if existing is not None:
         return existing, False
+    if flow.rate_limit is not None and _rate_limited(conn, flow.rate_limit.key, flow.rate_limit, at):
+        return _drop(conn, notices, prepared), True
+    wake: float | None = None
+    if flow.debounce is not None:
+        joined = _debounce(conn, prepared, at)
+        if joined is not None:
+            return joined, False
+        wake = debounce_wake(at, flow.debounce, at)
+    begin_at = None
+    if flow.throttle is not None:
+        begin_at = wake = throttle_begin(
+            wake or at, _begins(conn, flow.throttle.key, flow.throttle.limit), flow.throttle
+        )
+    if wake is not None and wake <= at:
+        wake = None
+    gate = flow.concurrency
+    conn.execute(
+        "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id, wake_at, "
+        "priority, concurrency_key, concurrency_limit, throttle_key, begin_at, rate_key, debounce_key) "
+        "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            run.run_id,
+            run.workflow,
+            prepared.args,
+            at,
+            at,
+            run.parent_id,
+            wake,
+            flow.priority,
+            None if gate is None else gate.key,
+            None if gate is None else gate.limit,
+            None if flow.throttle is None else flow.throttle.key,
+            begin_at,
+            None if flow.rate_limit is None else flow.rate_limit.key,
+            None if flow.debounce is None else flow.debounce.key,
+        ),
+    )
     conn.executemany(
         "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
         [
@@ -104,6 +139,7 @@ def create_run(
             for e, blob in zip(run.entries(), (prepared.first, *prepared.rest), strict=True)
         ],
     )
+    _register_cancel_on(conn, run.run_id, prepared.cancel_on)
     cancelled = False
     if run.journal:
         _track(conn, run.run_id, run.journal)
@@ -119,9 +155,87 @@ def create_run(
         at,
         at,
         parent_id=run.parent_id,
+        wake_at=wake,
         cancel_requested=cancelled,
     )
     return info, True
+
+
+def _register_cancel_on(
+    conn: sqlite3.Connection, run_id: str, cancel_on: Sequence[tuple[str, bytes]]
+) -> None:
+    conn.executemany(
+        "INSERT INTO cancel_on (run_id, name, match, after) "
+        "VALUES (?, ?, ?, (SELECT COALESCE(MAX(position), 0) FROM events))",
+        [(run_id, name, match) for name, match in cancel_on],
+    )
+
+
+def _rate_limited(conn: sqlite3.Connection, key: str, gate: Gate, at: float) -> bool:
+    (count,) = conn.execute(
+        "SELECT COUNT(*) FROM runs WHERE rate_key = ? AND created_at > ?", (key, at - gate.period)
+    ).fetchone()
+    return bool(count >= gate.limit)
+
+
+def _drop(conn: sqlite3.Connection, notices: list[Notice], prepared: PreparedRun) -> RunInfo:
+    run = prepared.run
+    assert run.flow.rate_limit is not None
+    entry, error = dropped(run.run_id, run.first, run.flow.rate_limit)
+    at = run.started_at
+    conn.execute(
+        "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id, error) "
+        "VALUES (?, ?, 'cancelled', ?, ?, ?, ?, ?)",
+        (run.run_id, run.workflow, prepared.args, at, at, run.parent_id, encode_value(error)),
+    )
+    conn.executemany(
+        "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
+        [(run.run_id, 1, prepared.first), (run.run_id, entry.seq, encode_entry(entry))],
+    )
+    notices.append(Notice("finished", run.run_id))
+    return RunInfo(
+        run.run_id, run.workflow, "cancelled", run.args, at, at, error=error, parent_id=run.parent_id
+    )
+
+
+def _debounce(conn: sqlite3.Connection, prepared: PreparedRun, at: float) -> RunInfo | None:
+    """Join a pending, never-claimed run of the same debounce key, if there is one."""
+    run = prepared.run
+    rule = run.flow.debounce
+    assert rule is not None
+    row = conn.execute(
+        "SELECT run_id, created_at, begin_at FROM runs "
+        "WHERE debounce_key = ? AND status = 'pending' AND token = 0 ORDER BY rowid LIMIT 1",
+        (rule.key,),
+    ).fetchone()
+    if row is None:
+        return None
+    run_id, created_at, old_begin = row
+    wake = debounce_wake(at, rule, created_at)
+    begin_at = None
+    if run.flow.throttle is not None:
+        begins = [
+            b for b in _begins(conn, run.flow.throttle.key, run.flow.throttle.limit + 1) if b != old_begin
+        ]
+        begin_at = wake = throttle_begin(wake, begins, run.flow.throttle)
+    conn.execute(
+        "UPDATE runs SET args = ?, wake_at = ?, begin_at = ?, updated_at = ? WHERE run_id = ?",
+        (prepared.args, wake, begin_at, at, run_id),
+    )
+    conn.execute("UPDATE journal SET entry = ? WHERE run_id = ? AND seq = 1", (prepared.first, run_id))
+    conn.execute("DELETE FROM cancel_on WHERE run_id = ?", (run_id,))
+    _register_cancel_on(conn, run_id, prepared.cancel_on)
+    return get_run(conn, run_id)
+
+
+def _begins(conn: sqlite3.Connection, key: str, n: int) -> list[float]:
+    """The ``n`` latest begin times given under a throttle key, latest first."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT begin_at FROM runs WHERE throttle_key = ? ORDER BY begin_at DESC LIMIT ?", (key, n)
+        )
+    ]
 
 
 def append(
@@ -184,6 +298,7 @@ def _track(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> N
             # for when it is retried.
             conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM awaited_children WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM cancel_on WHERE run_id = ?", (run_id,))
 
 
 def _update(
@@ -210,9 +325,11 @@ def _update(
     if update.release:
         sets.append("owner = NULL")
     conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = ?", (*params, run_id))
-    status, wake_at, parent_id = conn.execute(
-        "SELECT status, wake_at, parent_id FROM runs WHERE run_id = ?", (run_id,)
+    status, wake_at, parent_id, concurrency_key = conn.execute(
+        "SELECT status, wake_at, parent_id, concurrency_key FROM runs WHERE run_id = ?", (run_id,)
     ).fetchone()
+    if concurrency_key is not None and status != "running":
+        notices.append(Notice("ready", run_id))  # a slot is free: a waiting run may go
     if status in TERMINAL_STATUSES:
         notices.append(Notice("finished", run_id))
         if parent_id is not None:
@@ -276,9 +393,13 @@ def requeue(conn: sqlite3.Connection, notices: list[Notice], run_id: str, at: fl
 
 
 def send_event(
-    conn: sqlite3.Connection, notices: list[Notice], event: EventRecord, data: bytes
+    conn: sqlite3.Connection,
+    notices: list[Notice],
+    event: EventRecord,
+    data: bytes,
+    starts: Sequence[PreparedRun] = (),
 ) -> tuple[EventRecord, bool]:
-    """Store an event unless its id exists, and wake the runs with a matching wait."""
+    """Store an event unless its id exists, wake the runs it matches, cancel and start the ones it should."""
     row = conn.execute("SELECT position, name, data, at FROM events WHERE id = ?", (event.id,)).fetchone()
     if row is not None:
         return EventRecord(event.id, row[1], decode_value(row[2]), row[3], row[0]), False
@@ -286,19 +407,46 @@ def send_event(
         "INSERT INTO events (id, name, data, at) VALUES (?, ?, ?, ?)", (event.id, event.name, data, event.at)
     )
     stored = attrs.evolve(event, position=int(cur.lastrowid or 0))
-    waits = conn.execute(
-        "SELECT run_id, match, after, timeout_at FROM waits WHERE name = ? ORDER BY run_id, seq",
-        (event.name,),
-    ).fetchall()
-    woken: dict[str, None] = {}
-    for run_id, match, after, timeout_at in waits:
-        if run_id in woken or after >= stored.position:
-            continue
-        if (timeout_at is None or event.at <= timeout_at) and contains(event.data, decode_value(match)):
-            woken[run_id] = None
-    for run_id in woken:
-        _wake(conn, notices, run_id, event.at)
+    for table, then in (("waits", _wake), ("cancel_on", _cancel)):
+        order = "run_id, seq" if table == "waits" else "run_id"
+        timeout = "timeout_at" if table == "waits" else "NULL"
+        rows = conn.execute(
+            f"SELECT run_id, match, after, {timeout} FROM {table} WHERE name = ? ORDER BY {order}",
+            (event.name,),
+        ).fetchall()
+        hit: dict[str, None] = {}
+        for run_id, match, after, timeout_at in rows:
+            if run_id in hit or after >= stored.position:
+                continue
+            if (timeout_at is None or event.at <= timeout_at) and contains(event.data, decode_value(match)):
+                hit[run_id] = None
+        for run_id in hit:
+            then(conn, notices, run_id, event.at)
+    for start in starts:
+        create_run(conn, notices, start)
     return stored, True
+
+
+def _cancel(conn: sqlite3.Connection, notices: list[Notice], run_id: str, at: float) -> None:
+    request_cancel(conn, notices, run_id, at)
+
+
+def advance_schedule(
+    conn: sqlite3.Connection,
+    notices: list[Notice],
+    name: str,
+    previous: float | None,
+    tick: float,
+    run: PreparedRun | None,
+) -> bool:
+    """Move a schedule's cursor from ``previous`` to ``tick`` and create the tick's run."""
+    row = conn.execute("SELECT tick FROM schedules WHERE name = ?", (name,)).fetchone()
+    if (None if row is None else row[0]) != previous:
+        return False
+    conn.execute("INSERT OR REPLACE INTO schedules (name, tick) VALUES (?, ?)", (name, tick))
+    if run is not None:
+        create_run(conn, notices, run)
+    return True
 
 
 def unregister(conn: sqlite3.Connection, notices: list[Notice], worker_id: str) -> None:
@@ -317,7 +465,11 @@ def claim(
     limit: int,
     alive: Callable[[str], bool],
 ) -> list[Claim]:
-    """Own up to ``limit`` claimable runs: orphaned running ones, then due ones, then new ones."""
+    """Own up to ``limit`` claimable runs: orphaned running ones, then due ones, then new ones.
+
+    Suspended and pending runs under a concurrency key whose slots are all
+    taken are passed over; pending runs go by priority, then creation order.
+    """
     names = tuple(dict.fromkeys(workflows))
     if limit <= 0 or not names:
         return []
@@ -332,17 +484,37 @@ def claim(
     queries: list[tuple[str, tuple[Any, ...]]] = [
         (f"status = 'running' AND owner IS NULL AND {in_names}", names),
         (f"status = 'suspended' AND wake_at <= ? AND {in_names} ORDER BY wake_at", (now, *names)),
-        (f"status = 'pending' AND {in_names}", names),  # the index keeps them in creation order
+        (
+            f"status = 'pending' AND (wake_at IS NULL OR wake_at <= ?) AND {in_names} "
+            "ORDER BY priority DESC, rowid",
+            (now, *names),
+        ),
     ]
     if dead:
         by_owner = f"status = 'running' AND owner IN ({','.join('?' * len(dead))}) AND {in_names}"
         queries.insert(1, (by_owner, (*dead, *names)))
+    running = dict(
+        conn.execute(
+            "SELECT concurrency_key, COUNT(*) FROM runs "
+            "WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key"
+        ).fetchall()
+    )
     picked: list[tuple[str, str, int, int]] = []
     for where, params in queries:
         if len(picked) >= limit:
             break
-        sql = f"SELECT run_id, workflow, token, cancel_requested FROM runs WHERE {where} LIMIT ?"
-        picked.extend(conn.execute(sql, (*params, limit - len(picked))).fetchall())
+        sql = (
+            "SELECT run_id, workflow, token, cancel_requested, status, concurrency_key, concurrency_limit "
+            f"FROM runs WHERE {where}"
+        )
+        for run_id, workflow, token, cancel_requested, status, key, key_limit in conn.execute(sql, params):
+            if key is not None and status != "running":
+                if running.get(key, 0) >= key_limit:
+                    continue  # waits for a slot
+                running[key] = running.get(key, 0) + 1
+            picked.append((run_id, workflow, token, cancel_requested))
+            if len(picked) >= limit:
+                break
     claims = []
     for run_id, workflow, token, cancel_requested in picked:
         conn.execute(

@@ -18,6 +18,26 @@ A store keeps runs, their journals, event waits and events. Its contract:
 - Listeners registered with ``subscribe`` hear, in this process, when a run
   becomes claimable, has news for its owner, or finishes.
 
+Flow control (``NewRun.flow``, see ``Flow``) is applied by the store, in the
+transaction that creates the run or claims it, so that it holds across workers
+and crashes:
+
+- ``rate_limit``: when ``limit`` runs admitted under the key were created in
+  the last ``period``, the run is stored already ``cancelled`` (journal:
+  ``workflow_started``, ``workflow_cancelled`` with ``reason: "rate_limit"``).
+- ``debounce``: while a run of the same key is ``pending`` and was never
+  claimed, a new start joins it instead: that run takes the new arguments and
+  ``workflow_started`` entry, its start moves to ``period`` from now (never past
+  its first start plus ``timeout``), and ``create_run`` returns it, not new.
+- ``throttle``: a run begins (``pending`` with a ``wake_at``) no earlier than
+  ``period`` after the ``limit``-th latest begin under its key.
+- ``concurrency``: ``claim`` takes a run only while fewer than ``limit`` runs
+  under its key are ``running``; the others wait, taken by ``priority`` (higher
+  first) and then in order.
+- ``cancel_on``: an event sent after the run was created, with that name and
+  data containing the match, requests the run's cancellation.
+- A ``pending`` run with a ``wake_at`` is claimable once it is due.
+
 ``replay.testing.StoreConformance`` is the test suite that pins all of this.
 """
 
@@ -37,7 +57,10 @@ __all__ = (
     "STATUSES",
     "TERMINAL_STATUSES",
     "Claim",
+    "DebounceRule",
     "EventRecord",
+    "Flow",
+    "Gate",
     "NewRun",
     "Notice",
     "RunInfo",
@@ -84,6 +107,50 @@ class RunInfo:
 
 
 @attrs.frozen
+class Gate:
+    """A limit shared by the runs of one key: ``limit`` per ``period`` (or at once)."""
+
+    key: str
+    limit: int
+    period: float = 0.0
+
+
+@attrs.frozen
+class DebounceRule:
+    """Debouncing of one key: begin ``period`` after the last start, at most ``timeout`` after the first."""
+
+    key: str
+    period: float
+    timeout: float | None = None
+
+
+@attrs.frozen
+class Flow:
+    """The flow control a run is created under, its keys already computed from its arguments.
+
+    See the module docstring for what the store does with each.
+
+    Attributes:
+        priority: claims take higher values first.
+        concurrency: at most ``limit`` running runs per key.
+        throttle: at most ``limit`` begins per ``period`` per key; later ones wait.
+        rate_limit: at most ``limit`` admitted starts per ``period`` per key; later ones are dropped.
+        debounce: starts within ``period`` of each other join one run.
+        cancel_on: ``(event name, match)`` pairs that cancel the run.
+    """
+
+    priority: int = 0
+    concurrency: Gate | None = None
+    throttle: Gate | None = None
+    rate_limit: Gate | None = None
+    debounce: DebounceRule | None = None
+    cancel_on: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+
+NO_FLOW = Flow()
+
+
+@attrs.frozen
 class NewRun:
     """A run to create: its row, plus its first journal entry.
 
@@ -98,6 +165,7 @@ class NewRun:
             registered, awaited children and a delivered cancellation noted): a
             forked run starts with a prefix of another run's journal.
         created_at: the run's creation time (default: ``first.at``).
+        flow: its flow control (see ``Flow``).
     """
 
     run_id: str
@@ -107,6 +175,7 @@ class NewRun:
     parent_id: str | None = None
     journal: tuple[Entry, ...] = ()
     created_at: float | None = None
+    flow: Flow = NO_FLOW
 
     def entries(self) -> tuple[Entry, ...]:
         """``first`` and then ``journal``, checked to form the start of a live journal.
@@ -150,7 +219,8 @@ class RunUpdate:
         result: the result of a completed run.
         error: the error of a failed run.
         release: give up ownership (suspension, completion, parking).
-        children: child runs to create (idempotently) in the same transaction.
+        children: runs to create (idempotently) in the same transaction: child
+            runs, and the ``on_failure`` handler of a failing run.
     """
 
     status: Status | None = None
@@ -271,11 +341,31 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
+    async def send_event(self, event: EventRecord, starts: Sequence[NewRun] = ()) -> tuple[EventRecord, bool]:
         """Store an event (idempotent on its id) and wake the runs waiting for it.
+
+        Args:
+            event: the event.
+            starts: runs the event triggers, created (as ``create_run`` would) in
+                the same transaction, and only if the event is new.
 
         Returns:
             The stored event, with its position, and whether it is new.
+        """
+
+    @abc.abstractmethod
+    async def get_schedule(self, name: str) -> float | None:
+        """The last tick recorded for the schedule ``name``; None for a schedule never seen."""
+
+    @abc.abstractmethod
+    async def advance_schedule(
+        self, name: str, previous: float | None, tick: float, run: NewRun | None
+    ) -> bool:
+        """Move a schedule's cursor from ``previous`` to ``tick`` and create ``run``, atomically.
+
+        Returns:
+            False (and nothing written) when the cursor is no longer ``previous``:
+            another worker moved it first.
         """
 
     # -- workers -----------------------------------------------------------------------
@@ -313,4 +403,4 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
-        """The earliest ``wake_at`` among suspended runs of these workflows."""
+        """The earliest ``wake_at`` among suspended (or delayed pending) runs of these workflows."""

@@ -14,10 +14,14 @@ import attrs
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry, decode_entries, encode_entry
+from replay.stores._flow import debounce_wake, dropped, throttle_begin
 from replay.stores.base import (
+    NO_FLOW,
     TERMINAL_STATUSES,
     Claim,
     EventRecord,
+    Flow,
+    Gate,
     NewRun,
     RunInfo,
     RunUpdate,
@@ -36,6 +40,10 @@ class _Run:
     owner: str | None = None
     cancel_delivered: bool = False
     children: set[str] = attrs.Factory(set)  # child runs the journal still awaits
+    flow: Flow = NO_FLOW
+    order: int = 0  # creation order, for claims
+    begin_at: float | None = None  # when it may begin, under a throttle
+    admitted: bool = False  # counted by its rate limit
 
 
 @attrs.define(eq=False)
@@ -56,7 +64,9 @@ class MemoryStore(Store):
         self._events: list[EventRecord] = []
         self._event_ids: dict[str, EventRecord] = {}
         self._waits: dict[str, dict[int, _Wait]] = {}
+        self._cancel_on: dict[str, list[_Wait]] = {}  # run id -> the events that cancel it
         self._workers: set[str] = set()
+        self._schedules: dict[str, float] = {}
 
     # -- clients -----------------------------------------------------------------------
 
@@ -70,15 +80,84 @@ class MemoryStore(Store):
             return existing.info, False
         entries = run.entries()
         encoded = [encode_entry(e) for e in entries]  # may raise: nothing changes
-        at = run.started_at
+        flow, at = run.flow, run.started_at
+        if flow.rate_limit is not None and self._rate_limited(flow.rate_limit, at):
+            return self._drop(run, encoded, flow.rate_limit), True
+        if flow.debounce is not None:
+            joined = self._debounce(run, encoded[0], at)
+            if joined is not None:
+                return joined, False
         info = RunInfo(run.run_id, run.workflow, "pending", run.args, at, at, parent_id=run.parent_id)
-        created = _Run(info, encoded)
+        created = _Run(info, encoded, flow=flow, order=len(self._runs), admitted=flow.rate_limit is not None)
+        wake = None
+        if flow.debounce is not None:
+            wake = debounce_wake(at, flow.debounce, at)
+        if flow.throttle is not None:
+            created.begin_at = throttle_begin(wake or at, self._begins(flow.throttle.key), flow.throttle)
+            wake = created.begin_at
+        if wake is not None and wake > at:
+            created.info = attrs.evolve(info, wake_at=wake)
         self._runs[run.run_id] = created
         self._track(created, run.journal)
+        for name, match in flow.cancel_on:
+            self._cancel_on.setdefault(run.run_id, []).append(_Wait(name, match, len(self._events), None))
         if created.cancel_delivered:
             created.info = attrs.evolve(created.info, cancel_requested=True)
         self.notify("ready", run.run_id)
         return created.info, True
+
+    def _rate_limited(self, gate: Gate, at: float) -> bool:
+        recent = sum(
+            1
+            for r in self._runs.values()
+            if r.admitted
+            and r.flow.rate_limit is not None
+            and r.flow.rate_limit.key == gate.key
+            and r.info.created_at > at - gate.period
+        )
+        return recent >= gate.limit
+
+    def _drop(self, run: NewRun, encoded: list[bytes], gate: Gate) -> RunInfo:
+        entry, error = dropped(run.run_id, run.first, gate)
+        at = run.started_at
+        info = RunInfo(
+            run.run_id, run.workflow, "cancelled", run.args, at, at, error=error, parent_id=run.parent_id
+        )
+        self._runs[run.run_id] = _Run(info, [encoded[0], encode_entry(entry)], order=len(self._runs))
+        self.notify("finished", run.run_id)
+        return info
+
+    def _debounce(self, run: NewRun, first: bytes, at: float) -> RunInfo | None:
+        rule = run.flow.debounce
+        assert rule is not None
+        for r in self._runs.values():
+            debounce = r.flow.debounce
+            if debounce is None or debounce.key != rule.key or r.info.status != "pending" or r.token:
+                continue
+            r.journal[0] = first
+            r.flow = run.flow
+            self._cancel_on.pop(r.info.run_id, None)
+            for name, match in run.flow.cancel_on:
+                self._cancel_on.setdefault(r.info.run_id, []).append(
+                    _Wait(name, match, len(self._events), None)
+                )
+            wake = debounce_wake(at, rule, r.info.created_at)
+            if r.flow.throttle is not None:
+                begins = [b for b in self._begins(r.flow.throttle.key) if b != r.begin_at]
+                r.begin_at = wake = throttle_begin(wake, begins, r.flow.throttle)
+            r.info = attrs.evolve(r.info, args=run.args, wake_at=wake, updated_at=at)
+            return r.info
+        return None
+
+    def _begins(self, key: str) -> list[float]:
+        return sorted(
+            (
+                r.begin_at
+                for r in self._runs.values()
+                if r.begin_at is not None and r.flow.throttle is not None and r.flow.throttle.key == key
+            ),
+            reverse=True,
+        )
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         """The run with that id, if any."""
@@ -134,18 +213,45 @@ class MemoryStore(Store):
             self.notify("ready", run_id)
         return run.info
 
-    async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
-        """Store an event and wake the runs waiting for it."""
+    async def send_event(self, event: EventRecord, starts: Sequence[NewRun] = ()) -> tuple[EventRecord, bool]:
+        """Store an event, create the runs it triggers and wake the runs waiting for it."""
         existing = self._event_ids.get(event.id)
         if existing is not None:
             return existing, False
+        for run in starts:
+            run.entries()  # check them all before anything changes
+            for e in run.entries():
+                encode_entry(e)
         stored = attrs.evolve(event, position=len(self._events) + 1)
         self._events.append(stored)
         self._event_ids[stored.id] = stored
         for run_id, waits in list(self._waits.items()):
             if any(self._matches(w, stored) for w in waits.values()):
                 self._wake(self._runs[run_id], stored.at)
+        for run_id, cancels in list(self._cancel_on.items()):
+            if any(self._matches(w, stored) for w in cancels):
+                await self.request_cancel(run_id, stored.at)
+        for run in starts:
+            self._create(run)
         return stored, True
+
+    async def get_schedule(self, name: str) -> float | None:
+        """The schedule's last tick."""
+        return self._schedules.get(name)
+
+    async def advance_schedule(
+        self, name: str, previous: float | None, tick: float, run: NewRun | None
+    ) -> bool:
+        """Move the schedule's cursor and create the tick's run, unless another worker did."""
+        if self._schedules.get(name) != previous:
+            return False
+        if run is not None:
+            for e in run.entries():
+                encode_entry(e)  # may raise: nothing changes
+        self._schedules[name] = tick
+        if run is not None:
+            self._create(run)
+        return True
 
     @staticmethod
     def _matches(wait: _Wait, event: EventRecord) -> bool:
@@ -183,7 +289,7 @@ class MemoryStore(Store):
     def _claimable(self, run: _Run, now: float) -> bool:
         status = run.info.status
         if status == "pending":
-            return True
+            return run.info.wake_at is None or run.info.wake_at <= now
         if status == "suspended":
             return run.info.wake_at is not None and run.info.wake_at <= now
         if status == "running":
@@ -191,17 +297,30 @@ class MemoryStore(Store):
         return False
 
     async def claim(self, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
-        """Take ownership of up to ``limit`` claimable runs."""
+        """Take ownership of up to ``limit`` claimable runs: orphaned ones first, then by priority."""
         names = set(workflows)
+        candidates: list[_Run] = []
+        running: dict[str, int] = {}
+        for r in self._runs.values():
+            if r.info.workflow in names and self._claimable(r, now):
+                candidates.append(r)
+            gate = r.flow.concurrency
+            if gate is not None and r.info.status == "running":
+                running[gate.key] = running.get(gate.key, 0) + 1
+        candidates.sort(key=lambda r: (r.info.status != "running", -r.flow.priority, r.order))
         claims: list[Claim] = []
-        for run in self._runs.values():
+        for run in candidates:
             if len(claims) >= limit:
                 break
-            if run.info.workflow in names and self._claimable(run, now):
-                run.token += 1
-                run.owner = worker_id
-                run.info = attrs.evolve(run.info, status="running", wake_at=None, updated_at=now)
-                claims.append(Claim(run.info.run_id, run.info.workflow, run.token, run.info.cancel_requested))
+            gate = run.flow.concurrency
+            if gate is not None and run.info.status != "running":
+                if running.get(gate.key, 0) >= gate.limit:
+                    continue  # waits for a slot
+                running[gate.key] = running.get(gate.key, 0) + 1
+            run.token += 1
+            run.owner = worker_id
+            run.info = attrs.evolve(run.info, status="running", wake_at=None, updated_at=now)
+            claims.append(Claim(run.info.run_id, run.info.workflow, run.token, run.info.cancel_requested))
         return claims
 
     async def append(
@@ -244,6 +363,7 @@ class MemoryStore(Store):
                 # for when it is retried.
                 waits.clear()
                 run.children.clear()
+                self._cancel_on.pop(run_id, None)
         if not waits:
             del self._waits[run_id]
 
@@ -266,6 +386,8 @@ class MemoryStore(Store):
         if update.release:
             run.owner = None
         status = run.info.status
+        if run.flow.concurrency is not None and info.status == "running" and status != "running":
+            self.notify("ready", run.info.run_id)  # a slot is free: a waiting run may go
         if status in TERMINAL_STATUSES:
             self.notify("finished", run.info.run_id)
             parent = self._runs.get(run.info.parent_id or "")
@@ -293,11 +415,13 @@ class MemoryStore(Store):
         return found
 
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
-        """The earliest ``wake_at`` among suspended runs."""
+        """The earliest ``wake_at`` among suspended or delayed pending runs."""
         names = set(workflows)
         times = [
             r.info.wake_at
             for r in self._runs.values()
-            if r.info.status == "suspended" and r.info.wake_at is not None and r.info.workflow in names
+            if r.info.status in ("suspended", "pending")
+            and r.info.wake_at is not None
+            and r.info.workflow in names
         ]
         return min(times) if times else None

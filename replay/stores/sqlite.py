@@ -236,10 +236,26 @@ class SqliteStore(Store):
         """Put a failed run back to pending."""
         return await self._submit(functools.partial(writes.requeue, run_id=run_id, at=at))
 
-    async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
-        """Store an event (idempotent on its id) and wake the runs waiting for it."""
+    async def send_event(self, event: EventRecord, starts: Sequence[NewRun] = ()) -> tuple[EventRecord, bool]:
+        """Store an event (idempotent on its id), wake the runs waiting for it, create the runs it starts."""
         data = encode_value(event.data, f"the data of event {event.name!r}")
-        return await self._submit(functools.partial(writes.send_event, event=event, data=data))
+        prepared = tuple(writes.PreparedRun.of(run) for run in starts)
+        job = functools.partial(writes.send_event, event=event, data=data, starts=prepared)
+        return await self._submit(job)
+
+    async def get_schedule(self, name: str) -> float | None:
+        """The schedule's last tick."""
+        return self._read(reads.get_schedule, name)
+
+    async def advance_schedule(
+        self, name: str, previous: float | None, tick: float, run: NewRun | None
+    ) -> bool:
+        """Move the schedule's cursor and create the tick's run, unless another worker did."""
+        prepared = None if run is None else writes.PreparedRun.of(run)
+        job = functools.partial(
+            writes.advance_schedule, name=name, previous=previous, tick=tick, run=prepared
+        )
+        return await self._submit(job)
 
     # -- workers -----------------------------------------------------------------------
 

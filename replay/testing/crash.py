@@ -98,8 +98,27 @@ class CrashingStore(Store):
     async def requeue(self, run_id: str, at: float) -> RunInfo | None:
         return await self.inner.requeue(run_id, at)
 
-    async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
-        return await self.inner.send_event(event)
+    async def send_event(self, event: EventRecord, starts: Sequence[NewRun] = ()) -> tuple[EventRecord, bool]:
+        return await self.inner.send_event(event, starts)
+
+    async def get_schedule(self, name: str) -> float | None:
+        self._check()
+        return await self.inner.get_schedule(name)
+
+    async def advance_schedule(
+        self, name: str, previous: float | None, tick: float, run: NewRun | None
+    ) -> bool:
+        # A worker's write, like an append: a crash point.
+        self._check()
+        self.appends += 1
+        if self.appends == self.crash_at and self.phase == "before":
+            await self._snapshot()
+            await self._die()
+        moved = await self.inner.advance_schedule(name, previous, tick, run)
+        if self.appends == self.crash_at:
+            await self._snapshot()
+            await self._die()
+        return moved
 
     async def register_worker(self, worker_id: str) -> None:
         self._check()
