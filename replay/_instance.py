@@ -100,7 +100,7 @@ class Instance:
         self._patches: dict[str, bool] = {}
         self.closed = False
         self.ctx: Context = Context(self)
-        coro = cast(Coroutine[Any, Any, Any], workflow.fn(self.ctx, *self.args))
+        coro = cast(Coroutine[Any, Any, Any], workflow.fn(self.ctx, *workflow.call_args(self.args)))
         self.root: asyncio.Task[Any] = self.loop.create_task(coro, name=f"{run_id}:main")
 
     @property

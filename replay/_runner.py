@@ -321,16 +321,24 @@ class RunDriver:
 
     def _child_run(self, op: ChildOp, now: float) -> NewRun:
         workflow = self.worker.app.workflows.get(op.workflow)
+        if workflow is not None:
+            return workflow.new_run(op.run_id, op.args, now, parent_id=self.run_id)
         data: dict[str, Any] = {
             "workflow": op.workflow,
             "args": op.args,
             "journal": j.FORMAT_VERSION,
             "parent": self.run_id,
         }
-        if workflow is not None and workflow.timeout is not None:
-            data["deadline"] = now + workflow.timeout.total_seconds()
         first = Entry(1, j.WORKFLOW_STARTED, now, data)
         return NewRun(op.run_id, op.workflow, op.args, first, parent_id=self.run_id)
+
+    def _failed(self, error: dict[str, Any], now: float) -> RunUpdate:
+        """The update that ends the run as failed, starting its ``on_failure`` handler with it."""
+        handler = self.worker.app.workflows[self.claim.workflow].on_failure
+        starts: tuple[NewRun, ...] = ()
+        if handler is not None:
+            starts = (handler.new_run(f"{self.run_id}:on_failure", [self.run_id, error], now),)
+        return RunUpdate(status="failed", error=error, release=True, children=starts)
 
     def _start_step(self, op: StepOp) -> None:
         if op.seq in self.running:
@@ -375,7 +383,7 @@ class RunDriver:
             except SerializationError as exc:
                 kind, data = j.WORKFLOW_FAILED, {"error": j.error_data(exc)}
         if kind == j.WORKFLOW_FAILED:
-            update = RunUpdate(status="failed", error=data["error"], release=True)
+            update = self._failed(data["error"], self.clock.now())
         elif kind == j.WORKFLOW_CANCELLED:
             update = RunUpdate(status="cancelled", release=True)
         entries = [*inst.take_buffer(), inst.alloc(kind, data)]
@@ -387,9 +395,7 @@ class RunDriver:
         error = j.error_data(WorkflowTimeout(f"run {self.run_id!r} passed its workflow timeout"))
         entries = [*inst.take_buffer(), inst.alloc(j.WORKFLOW_FAILED, {"error": error})]
         self.finished = True
-        await self.store.append(
-            self.run_id, self.claim.token, entries, RunUpdate(status="failed", error=error, release=True)
-        )
+        await self.store.append(self.run_id, self.claim.token, entries, self._failed(error, self.clock.now()))
 
     async def _park(self, exc: NonDeterminismError) -> None:
         # The journal stays as it was: a fixed deploy can replay the run again.

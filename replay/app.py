@@ -7,17 +7,18 @@ import contextlib
 import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
 from replay import journal as j
 from replay.clock import Clock, SystemClock
-from replay.definitions import Event, StepDef, WorkflowDef
+from replay.definitions import Event, FlowOptions, StepDef, WorkflowDef
 from replay.errors import RunNotFound
 from replay.handle import RunHandle
 from replay.journal import Entry, round_trip
-from replay.policies import RetryPolicy
+from replay.policies import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Throttle
+from replay.schedules import Cron
 from replay.stores import open_store
 from replay.stores.base import TERMINAL_STATUSES, EventRecord, NewRun, Notice, RunInfo, Store
 
@@ -70,7 +71,18 @@ class App:
 
     @overload
     def workflow(
-        self, *, name: str | None = None, timeout: timedelta | None = None
+        self,
+        *,
+        name: str | None = None,
+        timeout: timedelta | None = None,
+        concurrency: Concurrency | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        priority: int | Callable[..., int] = 0,
+        trigger: str | Cron | None = None,
+        cancel_on: CancelOn | Sequence[CancelOn] = (),
+        on_failure: WorkflowDef[str, dict[str, Any], Any] | None = None,
     ) -> Callable[[Callable[[Context, *Ts], Awaitable[R]]], WorkflowDef[*Ts, R]]: ...
 
     def workflow(  # type: ignore[misc]
@@ -80,18 +92,64 @@ class App:
         *,
         name: str | None = None,
         timeout: timedelta | None = None,
+        concurrency: Concurrency | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        priority: int | Callable[..., int] = 0,
+        trigger: str | Cron | None = None,
+        cancel_on: CancelOn | Sequence[CancelOn] = (),
+        on_failure: WorkflowDef[str, dict[str, Any], Any] | None = None,
     ) -> Any:
         """Register an ``async def (ctx, *args)`` as a workflow.
 
         Use it bare (``@app.workflow``) or with options (``@app.workflow(timeout=...)``).
+        Functions given as keys, matches or priority take the workflow's arguments.
 
         Args:
             fn: the workflow function, when used bare.
             name: the name runs are stored under (default: the function's name).
             timeout: fail a run with ``WorkflowTimeout`` this long after it starts.
+            concurrency: at most ``limit`` runs (per key) execute at once.
+            throttle: at most ``limit`` runs (per key) begin per period; the rest wait.
+            rate_limit: at most ``limit`` starts (per key) are accepted per period;
+                the rest are dropped (stored as ``cancelled``).
+            debounce: starts close together (per key) make one run, with the last arguments.
+            priority: an int, or a function of the arguments returning one; when
+                runs wait for a worker or a concurrency slot, higher goes first.
+            trigger: an event name (each such event starts a run, which receives
+                the ``Event``) or ``replay.cron(...)`` (a run per tick, no arguments).
+            cancel_on: a ``CancelOn`` (or several): an event that cancels the run.
+            on_failure: a workflow taking ``(ctx, run_id, error)``, started when a
+                run fails for good (``error`` has ``type``, ``message``, ``traceback``).
+
+        Raises:
+            TypeError: an option has the wrong type.
+            ValueError: an option has a bad value, or the name is taken.
         """
         if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
             raise ValueError(f"timeout must be a positive timedelta, got {timeout!r}")
+        cancels = (cancel_on,) if isinstance(cancel_on, CancelOn) else tuple(cancel_on)
+        options = FlowOptions(
+            concurrency=_option("concurrency", concurrency, Concurrency),
+            throttle=_option("throttle", throttle, Throttle),
+            rate_limit=_option("rate_limit", rate_limit, RateLimit),
+            debounce=_option("debounce", debounce, Debounce),
+            priority=_priority(priority),
+            cancel_on=tuple(_option("cancel_on", c, CancelOn) for c in cancels),  # type: ignore[misc]
+        )
+        if (
+            trigger is not None
+            and not isinstance(trigger, Cron)
+            and not (isinstance(trigger, str) and trigger)
+        ):
+            raise TypeError(f"trigger must be an event name or replay.cron(...), got {trigger!r}")
+        if on_failure is not None and (
+            not isinstance(on_failure, WorkflowDef) or self.workflows.get(on_failure.name) is not on_failure
+        ):
+            raise ValueError(
+                f"on_failure must be a workflow registered on {self!r} first, got {on_failure!r}"
+            )
 
         def register(func: Callable[..., Awaitable[Any]]) -> WorkflowDef[*tuple[Any, ...], Any]:
             if not inspect.iscoroutinefunction(func):
@@ -99,7 +157,9 @@ class App:
             wf_name = name or func.__name__
             if wf_name in self.workflows:
                 raise ValueError(f"a workflow named {wf_name!r} is already registered on {self!r}")
-            wf: WorkflowDef[*tuple[Any, ...], Any] = WorkflowDef(self, func, wf_name, timeout)
+            wf: WorkflowDef[*tuple[Any, ...], Any] = WorkflowDef(
+                self, func, wf_name, timeout, options, trigger, on_failure
+            )
             self.workflows[wf_name] = wf
             return wf
 
@@ -256,26 +316,28 @@ class App:
             run_id: the run's id (default: a random one). If a run with this id
                 exists, it is returned and nothing new starts.
 
+        Under ``debounce``, a start may join a run still waiting to begin: the
+        handle returned is then that run's. Under ``rate_limit``, a start beyond
+        the limit is stored as a ``cancelled`` run.
+
         Raises:
             SerializationError: an argument is not a JSON value; nothing is stored.
             ValueError: the workflow is not registered here, or ``run_id`` names a
                 run of another workflow.
+            TypeError: a flow-control key function returned a non-str; nothing is stored.
         """
         wf = self._registered(workflow)
         if run_id is not None and (not isinstance(run_id, str) or not run_id):
             raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
         plain_args = round_trip(list(args), f"an argument of workflow {wf.name!r}")
-        run_id = run_id or uuid.uuid4().hex
+        new = wf.new_run(run_id or uuid.uuid4().hex, plain_args, self.clock.now())
         store = await self.store()
-        now = self.clock.now()
-        data: dict[str, Any] = {"workflow": wf.name, "args": plain_args, "journal": j.FORMAT_VERSION}
-        if wf.timeout is not None:
-            data["deadline"] = now + wf.timeout.total_seconds()
-        first = Entry(1, j.WORKFLOW_STARTED, now, data)
-        info, _ = await store.create_run(NewRun(run_id, wf.name, plain_args, first))
+        info, _ = await store.create_run(new)
         if info.workflow != wf.name:
-            raise ValueError(f"run {run_id!r} already exists as a run of {info.workflow!r}, not {wf.name!r}")
-        return RunHandle(self, run_id)
+            raise ValueError(
+                f"run {new.run_id!r} already exists as a run of {info.workflow!r}, not {wf.name!r}"
+            )
+        return RunHandle(self, info.run_id)
 
     def get_run(self, run_id: str) -> RunHandle[Any]:
         """A handle on a run, without I/O; its methods raise ``RunNotFound`` for an unknown id."""
@@ -305,7 +367,12 @@ class App:
     async def send_event(
         self, name: str, data: dict[str, Any] | None = None, *, id: str | None = None
     ) -> str:
-        """Send an event durably; every run waiting for it wakes.
+        """Send an event durably: every run waiting for it wakes, every workflow it triggers starts.
+
+        A workflow with ``trigger=name`` gets one run per event, with the id
+        ``"<workflow>:<event id>"``, created in the same transaction as the
+        event; resending an event id starts nothing more. Runs with a matching
+        ``CancelOn`` are cancelled.
 
         Args:
             name: the event's name.
@@ -320,9 +387,17 @@ class App:
         plain = round_trip(data or {}, f"the data of event {name!r}")
         if not isinstance(plain, dict):
             raise TypeError(f"event data must be a dict, got {data!r}")
-        store = await self.store()
+        if id is not None and (not isinstance(id, str) or not id):
+            raise ValueError(f"an event id must be a non-empty str, got {id!r}")
         event = EventRecord(id or uuid.uuid4().hex, name, plain, self.clock.now())
-        stored, _ = await store.send_event(event)
+        value = {"id": event.id, "name": name, "data": plain, "at": event.at}
+        starts = [
+            wf.new_run(f"{wf.name}:{event.id}", [value], event.at)
+            for wf in self.workflows.values()
+            if wf.trigger == name
+        ]
+        store = await self.store()
+        stored, _ = await store.send_event(event, starts)
         return stored.id
 
     async def cancel(self, run_id: str) -> None:
@@ -449,3 +524,15 @@ class App:
                 yield worker
 
         return running()
+
+
+def _option(what: str, value: Any, kind: type[T]) -> T | None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{what} must be a replay.{kind.__name__}, got {value!r}")
+    return value
+
+
+def _priority(value: int | Callable[..., int]) -> int | Callable[..., int]:
+    if callable(value) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"priority must be an int or a function of the arguments, got {value!r}")

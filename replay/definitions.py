@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import inspect
 from asyncio.events import _get_running_loop
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple
 
 import attrs
 
+from replay import journal as j
 from replay._loop import WorkflowLoop
-from replay.policies import RetryPolicy
+from replay.journal import Entry
+from replay.policies import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Throttle
+from replay.schedules import Cron
+from replay.stores.base import NO_FLOW, DebounceRule, Flow, Gate, NewRun
 
 if TYPE_CHECKING:
     from replay.app import App
     from replay.context import Context
 
-__all__ = ("Event", "StepDef", "WorkflowDef")
+__all__ = ("Event", "FlowOptions", "StepDef", "WorkflowDef")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,6 +45,21 @@ class Event:
     at: float
 
 
+@attrs.frozen
+class FlowOptions:
+    """The flow-control options given to ``@app.workflow`` (see ``App.workflow``)."""
+
+    concurrency: Concurrency | None = None
+    throttle: Throttle | None = None
+    rate_limit: RateLimit | None = None
+    debounce: Debounce | None = None
+    priority: int | Callable[..., int] = 0
+    cancel_on: tuple[CancelOn, ...] = ()
+
+
+_PLAIN = FlowOptions()
+
+
 class WorkflowDef(Generic[*Ts, R]):
     """A workflow registered with ``@app.workflow``; pass it to ``app.start``.
 
@@ -48,6 +67,9 @@ class WorkflowDef(Generic[*Ts, R]):
         name: the name runs are stored under.
         fn: the ``async def (ctx, *args)`` itself.
         timeout: the longest a run may take, from its start, before it fails.
+        options: its flow control.
+        trigger: the event name or ``Cron`` that starts it, if any.
+        on_failure: the workflow started when a run fails for good, if any.
     """
 
     def __init__(
@@ -56,16 +78,107 @@ class WorkflowDef(Generic[*Ts, R]):
         fn: Callable[[Context, *Ts], Awaitable[R]],
         name: str,
         timeout: timedelta | None,
+        options: FlowOptions = _PLAIN,
+        trigger: str | Cron | None = None,
+        on_failure: WorkflowDef[str, dict[str, Any], Any] | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.timeout = timeout
+        self.options = options
+        self.trigger = trigger
+        self.on_failure = on_failure
+        self._plain = options == _PLAIN  # runs then skip every flow computation
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
     def __repr__(self) -> str:
         return f"<workflow {self.name!r}>"
+
+    def call_args(self, args: list[Any]) -> list[Any]:
+        """The arguments the function receives for stored ``args``: an event trigger's is an ``Event``."""
+        if isinstance(self.trigger, str) and len(args) == 1 and isinstance(args[0], dict):
+            return [Event(**args[0])]
+        return args
+
+    def flow(self, args: Sequence[Any], *, child: bool = False) -> Flow:
+        """The run's flow control, its keys computed from ``args``.
+
+        Raises:
+            TypeError: a key function returned something other than a str (a
+                priority function, other than an int).
+        """
+        if self._plain:
+            return NO_FLOW
+        opts = self.options
+        call = self.call_args(list(args))
+        priority = opts.priority(*call) if callable(opts.priority) else opts.priority
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"the priority of workflow {self.name!r} must be an int, got {priority!r}")
+        cancel_on = []
+        for rule in opts.cancel_on:
+            match = {} if rule.match is None else rule.match(*call)
+            if not isinstance(match, dict):
+                raise TypeError(
+                    f"a CancelOn match of workflow {self.name!r} must return a dict, got {match!r}"
+                )
+            cancel_on.append((rule.event, j.round_trip(match, f"a CancelOn match of workflow {self.name!r}")))
+        debounce = None
+        if opts.debounce is not None and not child:
+            d = opts.debounce
+            debounce = DebounceRule(
+                self._key("debounce", d.key, call),
+                d.period.total_seconds(),
+                None if d.timeout is None else d.timeout.total_seconds(),
+            )
+        return Flow(
+            priority=priority,
+            concurrency=self._gate("concurrency", opts.concurrency, call),
+            throttle=self._gate("throttle", opts.throttle, call),
+            rate_limit=self._gate("rate_limit", opts.rate_limit, call),
+            debounce=debounce,
+            cancel_on=tuple(cancel_on),
+        )
+
+    def _gate(
+        self, what: str, rule: Concurrency | Throttle | RateLimit | None, call: list[Any]
+    ) -> Gate | None:
+        if rule is None:
+            return None
+        period = 0.0 if isinstance(rule, Concurrency) else rule.period.total_seconds()
+        return Gate(self._key(what, rule.key, call), rule.limit, period)
+
+    def _key(self, what: str, key: Callable[..., str] | None, call: list[Any]) -> str:
+        if key is None:
+            return self.name
+        value = key(*call)
+        if not isinstance(value, str):
+            raise TypeError(f"the {what} key of workflow {self.name!r} must return a str, got {value!r}")
+        return f"{self.name}:{value}"
+
+    def new_run(
+        self,
+        run_id: str,
+        args: list[Any],
+        now: float,
+        *,
+        parent_id: str | None = None,
+        created_at: float | None = None,
+    ) -> NewRun:
+        """The ``NewRun`` that starts a run of this workflow with plain (JSON) ``args``.
+
+        Raises:
+            TypeError: a flow-control function returned a value of the wrong type.
+        """
+        data: dict[str, Any] = {"workflow": self.name, "args": args, "journal": j.FORMAT_VERSION}
+        if parent_id is not None:
+            data["parent"] = parent_id
+        if self.timeout is not None:
+            data["deadline"] = now + self.timeout.total_seconds()
+        first = Entry(1, j.WORKFLOW_STARTED, now, data)
+        flow = self.flow(args, child=parent_id is not None)
+        return NewRun(run_id, self.name, args, first, parent_id=parent_id, created_at=created_at, flow=flow)
 
 
 class StepDef(Generic[P, R]):

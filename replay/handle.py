@@ -58,7 +58,8 @@ class RunHandle(Generic[R]):
         if info.status == "completed":
             return info.result  # type: ignore[no-any-return]
         if info.status == "cancelled":
-            raise error_from_data({"type": "Cancelled", "message": f"run {self.run_id!r} was cancelled"})
+            message = (info.error or {}).get("message") or f"run {self.run_id!r} was cancelled"
+            raise error_from_data({"type": "Cancelled", "message": message})
         raise error_from_data(info.error or {"type": "WorkflowFailed", "message": "failed"})
 
     async def cancel(self) -> None:

@@ -135,14 +135,24 @@ class TestEnv:
             await self.idle()
         await self.idle()
 
-    async def crash(self) -> None:
+    async def crash(self, *, down_for: timedelta | float = 0) -> None:
         """Simulate a process death, then start a fresh worker on the same store.
 
         Every in-memory instance, buffered entry and step in flight is thrown away.
+
+        Args:
+            down_for: how long no worker runs before the fresh one starts: the
+                clock moves on, and nothing fires, as while a machine is down.
         """
+        seconds = down_for.total_seconds() if isinstance(down_for, timedelta) else float(down_for)
+        if seconds < 0:
+            raise ValueError(f"down_for must not be negative, got {down_for!r}")
         old = self.worker
         old.halt()
         self._worker = None
         # The store learns the old worker is gone, as an OS lock would tell it.
         await self.store.unregister_worker(old.worker_id)
+        target = self.clock.now() + seconds
+        while self.clock.fire_due(target):
+            pass  # only the dead worker's cancelled timers are left: nothing runs
         await self._start_worker()

@@ -1,0 +1,181 @@
+"""Event triggers, CancelOn, cancellation and on_failure handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import replay
+from replay.testing import TestEnv
+
+
+async def test_an_event_starts_every_listening_workflow_once(env_for: Callable[..., TestEnv]) -> None:
+    app = replay.App("triggers", store="memory://")
+    seen: list[tuple[str, str]] = []
+
+    @app.step()
+    def record(who: str, order_id: str) -> None:
+        seen.append((who, order_id))
+
+    @app.workflow(trigger="order.created")
+    async def bill(ctx: replay.Context, event: replay.Event) -> str:
+        assert isinstance(event, replay.Event) and event.name == "order.created"
+        await record("bill", event.data["order_id"])
+        return event.id
+
+    @app.workflow(trigger="order.created")
+    async def pack(ctx: replay.Context, event: replay.Event) -> None:
+        await record("pack", event.data["order_id"])
+
+    @app.workflow(trigger="order.shipped")
+    async def unrelated(ctx: replay.Context, event: replay.Event) -> None:
+        await record("unrelated", event.data["order_id"])
+
+    async with env_for(app) as env:
+        event_id = await app.send_event("order.created", {"order_id": "o-1"}, id="evt-1")
+        await app.send_event("order.created", {"order_id": "o-1"}, id="evt-1")  # resent: nothing new
+        await env.idle()
+        assert await app.get_run("bill:evt-1").result() == "evt-1"
+        assert event_id == "evt-1"
+        assert sorted(r.run_id for r in await app.list_runs()) == ["bill:evt-1", "pack:evt-1"]
+        await env.crash()
+        await app.send_event("order.created", {"order_id": "o-1"}, id="evt-1")
+        await env.idle()
+    assert sorted(seen) == [("bill", "o-1"), ("pack", "o-1")]
+
+
+async def test_triggered_runs_obey_their_flow_control(env_for: Callable[..., TestEnv]) -> None:
+    app = replay.App("trigger-flow", store="memory://")
+
+    @app.workflow(trigger="ping", rate_limit=replay.RateLimit(2, timedelta(minutes=1)))
+    async def pong(ctx: replay.Context, event: replay.Event) -> int:
+        return int(event.data["n"])
+
+    async with env_for(app) as env:
+        for n in range(5):
+            await app.send_event("ping", {"n": n}, id=f"p{n}")
+        await env.idle()
+        runs = await app.list_runs(workflow="pong")
+        assert sorted(r.status for r in runs) == ["cancelled"] * 3 + ["completed"] * 2
+
+
+async def test_cancel_on_event_cancels_matching_runs_which_may_clean_up(
+    env_for: Callable[..., TestEnv],
+) -> None:
+    app = replay.App("cancel-on", store="memory://")
+    cleaned: list[str] = []
+
+    @app.step()
+    def clean_up(order_id: str) -> None:
+        cleaned.append(order_id)
+
+    @app.workflow(cancel_on=replay.CancelOn("order.cancelled", match=lambda order_id: {"order_id": order_id}))
+    async def fulfil(ctx: replay.Context, order_id: str) -> str:
+        try:
+            await ctx.sleep(timedelta(days=1))
+        except asyncio.CancelledError:
+            await clean_up(order_id)
+            raise
+        return "shipped"
+
+    async with env_for(app) as env:
+        await app.send_event("order.cancelled", {"order_id": "o-1"})  # before it started: ignored
+        one = await app.start(fulfil, "o-1")
+        two = await app.start(fulfil, "o-2")
+        await env.idle()
+        await app.send_event("order.cancelled", {"order_id": "o-1", "reason": "customer"})
+        await env.idle()
+        assert await one.status() == "cancelled"
+        with pytest.raises(replay.Cancelled):
+            await one.result()
+        assert await two.status() == "suspended"
+        await env.advance(timedelta(days=1))
+        assert await two.result() == "shipped"
+    assert cleaned == ["o-1"]
+
+
+async def test_cancel_reaches_a_running_workflow_at_its_next_await(env_for: Callable[..., TestEnv]) -> None:
+    app = replay.App("cancel-api", store="memory://")
+    gate = asyncio.Event()
+    after: list[str] = []
+
+    @app.step()
+    async def slow() -> None:
+        await gate.wait()
+
+    @app.step()
+    def note(what: str) -> None:
+        after.append(what)
+
+    @app.workflow()
+    async def job(ctx: replay.Context) -> None:
+        try:
+            await slow()
+            await note("not reached")
+        except asyncio.CancelledError:
+            await note("cleanup")
+            raise
+
+    async with env_for(app) as env:
+        run = await app.start(job)
+        while not env.worker.drivers:
+            await asyncio.sleep(0)
+        await run.cancel()
+        await env.idle()
+        assert await run.status() == "cancelled"
+        gate.set()
+    assert after == ["cleanup"]
+
+
+async def test_on_failure_runs_a_handler_with_the_run_id_and_error(env_for: Callable[..., TestEnv]) -> None:
+    app = replay.App("on-failure", store="memory://")
+    alerts: list[tuple[str, str, str]] = []
+
+    @app.step()
+    def page(run_id: str, kind: str, message: str) -> None:
+        alerts.append((run_id, kind, message))
+
+    @app.workflow()
+    async def alert(ctx: replay.Context, run_id: str, error: dict[str, Any]) -> None:
+        await page(run_id, error["type"], error["message"])
+
+    @app.step(retry=replay.RetryPolicy(max_attempts=1))
+    def charge() -> None:
+        raise RuntimeError("card declined")
+
+    @app.workflow(on_failure=alert)
+    async def checkout(ctx: replay.Context) -> None:
+        await charge()
+
+    @app.workflow(on_failure=alert, timeout=timedelta(minutes=5))
+    async def slowpoke(ctx: replay.Context) -> None:
+        await ctx.sleep(timedelta(hours=1))
+
+    @app.workflow(on_failure=alert)
+    async def fine(ctx: replay.Context) -> str:
+        return "ok"
+
+    async with env_for(app) as env:
+        await app.start(checkout, run_id="c-1")
+        await app.start(slowpoke, run_id="s-1")
+        await app.start(fine, run_id="f-1")
+        await env.advance(timedelta(minutes=10))
+        await app.get_run("c-1:on_failure").result()
+        await app.get_run("s-1:on_failure").result()
+        assert len(await app.list_runs(workflow="alert")) == 2  # none for the run that completed
+    assert sorted(alerts) == [
+        ("c-1", "StepFailed", "card declined"),
+        ("s-1", "WorkflowTimeout", "run 's-1' passed its workflow timeout"),
+    ]
+
+
+def test_on_failure_must_be_a_registered_workflow() -> None:
+    app = replay.App("on-failure-bad", store="memory://")
+    with pytest.raises(ValueError, match="on_failure must be a workflow registered"):
+
+        @app.workflow(on_failure=print)  # type: ignore[call-overload]
+        async def wf(ctx: replay.Context) -> None: ...
