@@ -24,12 +24,13 @@ listeners by the time the call that caused it returns.
 from __future__ import annotations
 
 from replay.testing._conformance_events import EventCases
+from replay.testing._conformance_flow import FlowCases
 from replay.testing._conformance_runs import RunCases
 
 __all__ = ("StoreConformance",)
 
 
-class StoreConformance(RunCases, EventCases):
+class StoreConformance(RunCases, EventCases, FlowCases):
     """The store contract as pytest cases; subclass it and override the ``store`` fixture.
 
     The cases cover: runs (``create_run`` idempotent and atomic with its first
@@ -40,5 +41,7 @@ class StoreConformance(RunCases, EventCases):
     release, children); waits and events (registration, matching, first match,
     timeouts, idempotent sends); wake-ups by events, finished children and
     cancellation, including news that arrives while the owner suspends;
-    ``next_wake_at``; and the notices listeners hear.
+    ``next_wake_at``; the notices listeners hear; and flow control (delayed
+    starts, concurrency slots, priority, throttle, rate limit, debounce,
+    cancel_on, runs started by events and by updates, schedule cursors).
     """

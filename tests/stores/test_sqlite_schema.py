@@ -168,3 +168,36 @@ async def test_a_corrupt_file_is_refused(tmp_path: Path, damage: str) -> None:
         raw[:100] = bytes(100)
     path.write_bytes(bytes(raw))
     await refused(path, "corrupt|header is damaged")
+
+
+async def test_a_version_1_file_is_migrated_with_its_runs_intact(tmp_path: Path) -> None:
+    from replay.stores import _sqlite_schema as schema
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for statement in schema._statements(schema.MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("UPDATE replay_schema SET version = 1")
+    conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+    conn.execute(
+        "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at) "
+        "VALUES ('old', 'wf', 'pending', '[1]', 1.0, 1.0)"
+    )
+    conn.execute(
+        "INSERT INTO journal (run_id, seq, entry) VALUES "
+        """('old', 1, '[1,"workflow_started",1.0,{"workflow":"wf","args":[1],"journal":1}]')"""
+    )
+    conn.close()
+    store = SqliteStore(url(path))
+    await store.open()
+    try:
+        info = await store.get_run("old")
+        assert info is not None and info.args == [1] and info.status == "pending"
+        assert [c.run_id for c in await store.claim("w", ["wf"], 2.0, 10)] == ["old"]
+        assert await store.advance_schedule("cron:wf", None, 5.0, None)  # a version-2 table
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM replay_schema").fetchone() == (SCHEMA_VERSION,) == (2,)
+    conn.close()
