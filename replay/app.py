@@ -74,6 +74,7 @@ class App:
         self,
         *,
         name: str | None = None,
+        retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
         concurrency: Concurrency | None = None,
         throttle: Throttle | None = None,
@@ -91,6 +92,7 @@ class App:
         /,
         *,
         name: str | None = None,
+        retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
         concurrency: Concurrency | None = None,
         throttle: Throttle | None = None,
@@ -109,6 +111,8 @@ class App:
         Args:
             fn: the workflow function, when used bare.
             name: the name runs are stored under (default: the function's name).
+            retry: the retry policy of the steps it calls that set none of their
+                own (default: ``RetryPolicy()``).
             timeout: fail a run with ``WorkflowTimeout`` this long after it starts.
             concurrency: at most ``limit`` runs (per key) execute at once.
             throttle: at most ``limit`` runs (per key) begin per period; the rest wait.
@@ -129,6 +133,7 @@ class App:
         """
         if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
             raise ValueError(f"timeout must be a positive timedelta, got {timeout!r}")
+        _option("retry", retry, RetryPolicy)
         cancels = (cancel_on,) if isinstance(cancel_on, CancelOn) else tuple(cancel_on)
         options = FlowOptions(
             concurrency=_option("concurrency", concurrency, Concurrency),
@@ -158,7 +163,7 @@ class App:
             if wf_name in self.workflows:
                 raise ValueError(f"a workflow named {wf_name!r} is already registered on {self!r}")
             wf: WorkflowDef[*tuple[Any, ...], Any] = WorkflowDef(
-                self, func, wf_name, timeout, options, trigger, on_failure
+                self, func, wf_name, timeout, options, trigger, on_failure, retry
             )
             self.workflows[wf_name] = wf
             return wf
@@ -193,7 +198,8 @@ class App:
         Args:
             fn: the step function, when used bare.
             name: the name results are journaled under (default: the function's name).
-            retry: how failures are retried (default: ``RetryPolicy()``).
+            retry: how failures are retried (default: the calling workflow's
+                ``retry``, else ``RetryPolicy()``).
             timeout: the longest one attempt may take.
         """
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -207,7 +213,7 @@ class App:
             step_name = name or func.__name__
             if step_name in self.steps:
                 raise ValueError(f"a step named {step_name!r} is already registered on {self!r}")
-            step = StepDef(func, step_name, retry or RetryPolicy(), timeout)
+            step = StepDef(func, step_name, retry, timeout)
             self.steps[step_name] = step
             return step
 

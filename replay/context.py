@@ -140,7 +140,7 @@ class Context:
         retry: RetryPolicy | None,
         timeout: timedelta | None,
     ) -> asyncio.Future[Any]:
-        policy = retry or getattr(fn, "retry", None) or DEFAULT_RETRY
+        policy = retry or getattr(fn, "retry", None) or self._instance.workflow.retry or DEFAULT_RETRY
         if timeout is None:
             timeout = getattr(fn, "timeout", None)
         return self._instance.issue_step(name or step_name(fn), fn, args, kwargs, policy, timeout)

@@ -13,7 +13,7 @@ import attrs
 from replay import journal as j
 from replay._loop import WorkflowLoop
 from replay.journal import Entry
-from replay.policies import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Throttle
+from replay.policies import DEFAULT_RETRY, CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Throttle
 from replay.schedules import Cron
 from replay.stores.base import NO_FLOW, DebounceRule, Flow, Gate, NewRun
 
@@ -70,6 +70,7 @@ class WorkflowDef(Generic[*Ts, R]):
         options: its flow control.
         trigger: the event name or ``Cron`` that starts it, if any.
         on_failure: the workflow started when a run fails for good, if any.
+        retry: the retry policy of the steps it calls that set none of their own.
     """
 
     def __init__(
@@ -81,8 +82,10 @@ class WorkflowDef(Generic[*Ts, R]):
         options: FlowOptions = _PLAIN,
         trigger: str | Cron | None = None,
         on_failure: WorkflowDef[str, dict[str, Any], Any] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.app = app
+        self.retry = retry
         self.fn = fn
         self.name = name
         self.timeout = timeout
@@ -190,11 +193,14 @@ class StepDef(Generic[P, R]):
     Attributes:
         step_name: the name its results are journaled under.
         fn: the function itself.
-        retry: its retry policy.
+        retry: its retry policy; None: the calling workflow's ``retry``, else
+            ``RetryPolicy()``.
         timeout: the longest one attempt may take.
     """
 
-    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy, timeout: timedelta | None) -> None:
+    def __init__(
+        self, fn: Callable[P, R], name: str, retry: RetryPolicy | None, timeout: timedelta | None
+    ) -> None:
         self.fn = fn
         self.step_name = name
         self.retry = retry
@@ -210,7 +216,9 @@ class StepDef(Generic[P, R]):
         loop = _get_running_loop()
         if type(loop) is not WorkflowLoop:
             return self.fn(*args, **kwargs)
-        return loop.instance.issue_step(self.step_name, self, args, kwargs, self.retry, self.timeout)  # type: ignore[return-value]
+        inst = loop.instance
+        policy = self.retry or inst.workflow.retry or DEFAULT_RETRY
+        return inst.issue_step(self.step_name, self, args, kwargs, policy, self.timeout)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"<step {self.step_name!r}>"

@@ -189,3 +189,35 @@ def test_retry_policy_rejects_nonsense() -> None:
     policy = replay.RetryPolicy(initial_interval=timedelta(seconds=1), max_interval=timedelta(seconds=5))
     assert [policy.delay(n, 0.999999) for n in (1, 2, 3, 4)] == pytest.approx([1, 2, 4, 5], rel=1e-5)
     assert policy.delay(1, 0.0) == 0.5
+
+
+async def test_a_workflow_retry_policy_covers_steps_that_set_none() -> None:
+    app = replay.App("wf-retry", store="memory://")
+    attempts: dict[str, int] = {}
+
+    @app.step()
+    def flaky() -> None:
+        attempts["flaky"] = attempts.get("flaky", 0) + 1
+        raise ConnectionError("down")
+
+    @app.step(retry=replay.RetryPolicy(max_attempts=2, jitter=False))
+    def own_policy() -> None:
+        attempts["own"] = attempts.get("own", 0) + 1
+        raise ConnectionError("down")
+
+    @app.workflow(
+        retry=replay.RetryPolicy(max_attempts=5, initial_interval=timedelta(seconds=1), jitter=False)
+    )
+    async def patient(ctx: replay.Context) -> str:
+        for step in (flaky, own_policy):
+            try:
+                await step()
+            except replay.StepFailed:
+                pass
+        return "done"
+
+    async with TestEnv(app) as env:
+        run = await app.start(patient)
+        await env.advance(timedelta(minutes=5))
+        assert await run.result() == "done"
+    assert attempts == {"flaky": 5, "own": 2}
