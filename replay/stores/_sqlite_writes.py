@@ -481,18 +481,18 @@ def claim(
         )
     ]
     dead = tuple(owner for owner in owners if not alive(owner))
+    orphaned = "owner IS NULL"
+    if dead:
+        orphaned = f"(owner IS NULL OR owner IN ({','.join('?' * len(dead))}))"
     queries: list[tuple[str, tuple[Any, ...]]] = [
-        (f"status = 'running' AND owner IS NULL AND {in_names}", names),
-        (f"status = 'suspended' AND wake_at <= ? AND {in_names} ORDER BY wake_at", (now, *names)),
+        (f"status = 'running' AND {orphaned} AND {in_names} ORDER BY priority DESC, rowid", (*dead, *names)),
+        (f"status = 'suspended' AND wake_at <= ? AND {in_names} ORDER BY wake_at, rowid", (now, *names)),
         (
             f"status = 'pending' AND (wake_at IS NULL OR wake_at <= ?) AND {in_names} "
             "ORDER BY priority DESC, rowid",
             (now, *names),
         ),
     ]
-    if dead:
-        by_owner = f"status = 'running' AND owner IN ({','.join('?' * len(dead))}) AND {in_names}"
-        queries.insert(1, (by_owner, (*dead, *names)))
     running = dict(
         conn.execute(
             "SELECT concurrency_key, COUNT(*) FROM runs "

@@ -32,8 +32,11 @@ and crashes:
 - ``throttle``: a run begins (``pending`` with a ``wake_at``) no earlier than
   ``period`` after the ``limit``-th latest begin under its key.
 - ``concurrency``: ``claim`` takes a run only while fewer than ``limit`` runs
-  under its key are ``running``; the others wait, taken by ``priority`` (higher
-  first) and then in order.
+  under its key are ``running``; the others wait.
+- ``claim`` takes runs that began before new ones: ``running`` runs whose
+  owner is gone, then due ``suspended`` runs by ``wake_at``, then ``pending``
+  runs; orphaned and pending runs by ``priority`` (higher first), then in
+  creation order.
 - ``cancel_on``: an event sent after the run was created, with that name and
   data containing the match, requests the run's cancellation.
 - A ``pending`` run with a ``wake_at`` is claimable once it is due.

@@ -54,6 +54,21 @@ class _Wait:
     timeout_at: float | None
 
 
+_CATEGORY = {"running": 0, "suspended": 1, "pending": 2}
+
+
+def _claim_order(run: _Run) -> tuple[int, float, int]:
+    """Runs that began go first: orphaned ones, then due ones by wake time; then new ones.
+
+    Orphaned and new runs go by priority, then age.
+    """
+    info = run.info
+    category = _CATEGORY[info.status]
+    if category == 1:
+        return (1, info.wake_at or 0.0, run.order)
+    return (category, -run.flow.priority, run.order)
+
+
 class MemoryStore(Store):
     """A store held in this process's memory. See the module docstring."""
 
@@ -307,7 +322,7 @@ class MemoryStore(Store):
             gate = r.flow.concurrency
             if gate is not None and r.info.status == "running":
                 running[gate.key] = running.get(gate.key, 0) + 1
-        candidates.sort(key=lambda r: (r.info.status != "running", -r.flow.priority, r.order))
+        candidates.sort(key=_claim_order)
         claims: list[Claim] = []
         for run in candidates:
             if len(claims) >= limit:

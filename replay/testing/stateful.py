@@ -29,7 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from replay import journal as j
 from replay.errors import LeaseLost
 from replay.journal import Entry
-from replay.stores.base import EventRecord, NewRun, RunUpdate, Store
+from replay.stores.base import NO_FLOW, DebounceRule, EventRecord, Flow, Gate, NewRun, RunUpdate, Store
 from replay.stores.memory import MemoryStore
 
 __all__ = ("StoreAgreement",)
@@ -39,6 +39,16 @@ WORKERS = ("w1", "w2")
 WORKFLOWS = ("wf1", "wf2")
 NAMES = ("paid", "shipped")
 T0 = 1_000.0
+FLOWS = (
+    NO_FLOW,
+    Flow(priority=3),
+    Flow(concurrency=Gate("k", 1)),
+    Flow(concurrency=Gate("k", 1), priority=1),
+    Flow(throttle=Gate("t", 1, 30.0)),
+    Flow(rate_limit=Gate("r", 1, 30.0)),
+    Flow(debounce=DebounceRule("d", 10.0, 25.0)),
+    Flow(cancel_on=(("paid", {"key": 1}),)),
+)
 
 
 class StoreAgreement(RuleBasedStateMachine):
@@ -83,23 +93,28 @@ class StoreAgreement(RuleBasedStateMachine):
 
     # -- rules -------------------------------------------------------------------------
 
-    @rule(run_id=st.sampled_from(RUNS), workflow=st.sampled_from(WORKFLOWS))
-    def create_run(self, run_id: str, workflow: str) -> None:
+    @rule(run_id=st.sampled_from(RUNS), workflow=st.sampled_from(WORKFLOWS), flow=st.sampled_from(FLOWS))
+    def create_run(self, run_id: str, workflow: str, flow: Flow) -> None:
         data = {"workflow": workflow, "args": [run_id], "journal": j.FORMAT_VERSION}
-        run = NewRun(run_id, workflow, [run_id], Entry(1, j.WORKFLOW_STARTED, self.now, data))
+        first = Entry(1, j.WORKFLOW_STARTED, self.now, data)
+        run = NewRun(run_id, workflow, [run_id], first, flow=flow)
         self._agree(lambda s, i: s.create_run(run))
 
     @rule(worker=st.sampled_from(WORKERS), alive=st.booleans())
     def worker(self, worker: str, alive: bool) -> None:
         self._agree(lambda s, i: s.register_worker(worker) if alive else s.unregister_worker(worker))
 
-    @rule(worker=st.sampled_from(WORKERS), workflows=st.sampled_from([WORKFLOWS, WORKFLOWS[:1]]))
-    def claim(self, worker: str, workflows: tuple[str, ...]) -> None:
+    @rule(
+        worker=st.sampled_from(WORKERS),
+        workflows=st.sampled_from([WORKFLOWS, WORKFLOWS[:1]]),
+        limit=st.sampled_from([1, 2, 100]),
+    )
+    def claim(self, worker: str, workflows: tuple[str, ...], limit: int) -> None:
         async def call(store: Store, index: int) -> list[tuple[str, bool]]:
-            claims = await store.claim(worker, workflows, self.now, 100)  # no limit: order is not pinned
+            claims = await store.claim(worker, workflows, self.now, limit)
             for c in claims:
                 self.tokens[index][c.run_id] = c.token
-            return sorted((c.run_id, c.cancel_requested) for c in claims)
+            return [(c.run_id, c.cancel_requested) for c in claims]
 
         self._agree(call)
 
