@@ -11,16 +11,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
-from replay import journal as j
+from replay import _forks as forks
 from replay.clock import Clock, SystemClock
 from replay.definitions import Event, FlowOptions, StepDef, WorkflowDef
 from replay.errors import RunNotFound
 from replay.handle import RunHandle
-from replay.journal import Entry, round_trip
+from replay.journal import round_trip
 from replay.policies import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Throttle
 from replay.schedules import Cron
 from replay.stores import open_store
-from replay.stores.base import TERMINAL_STATUSES, EventRecord, NewRun, Notice, RunInfo, Store
+from replay.stores.base import TERMINAL_STATUSES, EventRecord, Notice, RunInfo, Store
 
 if TYPE_CHECKING:
     from replay.context import Context
@@ -433,28 +433,7 @@ class App:
             ValueError: the run did not fail, or failed in the workflow's own code
                 rather than in a step (fork it from a step instead).
         """
-        store = await self.store()
-        info = await store.get_run(run_id)
-        if info is None:
-            raise RunNotFound(f"no run with id {run_id!r}")
-        if info.status != "failed":
-            raise ValueError(f"run {run_id!r} is {info.status}: only a failed run can be retried")
-        journal = await store.read_journal(run_id)
-        if not (journal and journal[-1].kind in j.TERMINAL_KINDS):
-            await store.requeue(run_id, self.clock.now())  # parked
-            return RunHandle(self, run_id)
-        failed = {e.data["op"] for e in journal if e.kind == j.STEP_FAILED and "retry_at" not in e.data}
-        scheduled = [e.seq for e in journal if e.kind == j.STEP_SCHEDULED]
-        step = next((n for n, seq in enumerate(scheduled, 1) if seq in failed), None)
-        if step is None:
-            raise ValueError(
-                f"run {run_id!r} failed in the workflow's own code, not in a step: "
-                "fix it, then fork the run from a step or start it again"
-            )
-        n = 1
-        while await store.get_run(f"{run_id}-retry-{n}") is not None:
-            n += 1
-        return await self.fork(run_id, step, run_id=f"{run_id}-retry-{n}")
+        return await forks.retry(self, run_id)
 
     async def fork(self, source_id: str, /, from_step: int, *, run_id: str | None = None) -> RunHandle[Any]:
         """Start a new run that reuses a run's journal up to its ``from_step``-th step.
@@ -485,35 +464,7 @@ class App:
             ValueError: ``from_step`` is not between 1 and the run's number of
                 steps, or a run with ``run_id`` exists.
         """
-        if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 1:
-            raise ValueError(f"from_step counts steps from 1, got {from_step!r}")
-        if run_id is not None and (not isinstance(run_id, str) or not run_id):
-            raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
-        store = await self.store()
-        info = await store.get_run(source_id)
-        if info is None:
-            raise RunNotFound(f"no run with id {source_id!r}")
-        journal = await store.read_journal(source_id)
-        steps = [i for i, e in enumerate(journal) if e.kind == j.STEP_SCHEDULED]
-        if from_step > len(steps):
-            raise ValueError(
-                f"run {source_id!r} has {len(steps)} step(s) in its journal; "
-                f"from_step must be between 1 and {len(steps)}, got {from_step}"
-            )
-        prefix = journal[: steps[from_step - 1]]
-        started = prefix[0]
-        now = self.clock.now()
-        data = {k: v for k, v in started.data.items() if k != "parent"}
-        data["forked_from"] = {"run_id": source_id, "step": from_step}
-        if "deadline" in data:
-            data["deadline"] = now + (data["deadline"] - started.at)
-        first = Entry(started.seq, started.kind, started.at, data)
-        new_id = run_id or uuid.uuid4().hex
-        new = NewRun(new_id, info.workflow, info.args, first, journal=tuple(prefix[1:]), created_at=now)
-        _, created = await store.create_run(new)
-        if not created:
-            raise ValueError(f"a run with id {new_id!r} already exists; pick another run_id")
-        return RunHandle(self, new_id)
+        return await forks.fork(self, source_id, from_step, run_id)
 
     def worker(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Worker]:
         """Run a worker in the background of this process while the block runs.
