@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
 from replay import _forks as forks
+from replay._triggers import event_value
 from replay.clock import Clock, SystemClock
 from replay.definitions import Event, FlowOptions, StepDef, WorkflowDef
 from replay.errors import RunNotFound
@@ -396,9 +397,8 @@ class App:
         if id is not None and (not isinstance(id, str) or not id):
             raise ValueError(f"an event id must be a non-empty str, got {id!r}")
         event = EventRecord(id or uuid.uuid4().hex, name, plain, self.clock.now())
-        value = {"id": event.id, "name": name, "data": plain, "at": event.at}
         starts = [
-            wf.new_run(f"{wf.name}:{event.id}", [value], event.at)
+            wf.new_run(f"{wf.name}:{event.id}", [event_value(event)], event.at)
             for wf in self.workflows.values()
             if wf.trigger == name
         ]

@@ -21,15 +21,14 @@ import anyio
 import attrs
 
 from replay._runner import RunDriver
+from replay._triggers import Triggers
 from replay.errors import NonRetryableError
-from replay.schedules import Cron
 from replay.stores.base import ACTIVE_STATUSES, Claim, Notice, Store
 
 if TYPE_CHECKING:
     from replay._instance import StepOp
     from replay.app import App
     from replay.clock import Clock, TimerHandle
-    from replay.definitions import WorkflowDef
 
 __all__ = ("StepInfo", "Worker", "current_step")
 
@@ -144,7 +143,7 @@ class Worker:
         self._claim_task: asyncio.Task[None] | None = None
         self._unsubscribe: Any = None
         self._names: tuple[str, ...] = ()
-        self._crons: list[tuple[WorkflowDef[*tuple[Any, ...], Any], Cron]] = []
+        self._triggers: Triggers | None = None
         self._halted = False
         self._draining = False
         self._never: asyncio.Future[None] | None = None  # what a step started while draining awaits
@@ -167,7 +166,8 @@ class Worker:
     async def start(self) -> None:
         """Register with the store and start claiming runs."""
         self._names = tuple(self.app.workflows)
-        self._crons = [(wf, wf.trigger) for wf in self.app.workflows.values() if isinstance(wf.trigger, Cron)]
+        self._triggers = Triggers(self.app, self.store, self.clock)
+        await self._triggers.prepare()
         await self.store.register_worker(self.worker_id)
         self._unsubscribe = self.store.subscribe(self._on_notice)
         await self._report_unknown()
@@ -287,7 +287,7 @@ class Worker:
 
                 driver.post(News())
                 return
-        if notice.kind in ("ready", "news"):
+        if notice.kind in ("ready", "news") or (notice.kind == "event" and self._triggers):
             self._wake()
 
     def _wake(self) -> None:
@@ -326,7 +326,7 @@ class Worker:
             self._wake_pending = False
 
     async def _claim_pass(self) -> None:
-        next_tick = await self._fire_schedules() if self._crons else None
+        next_tick = await self._triggers.fire() if self._triggers else None
         batch = 100
         while True:
             free = self.max_runs - len(self.drivers)
@@ -349,35 +349,6 @@ class Worker:
                 self._wake_timer.cancel()
             self._wake_timer = None if wake is None else self.clock.call_at(wake, self._on_wake_timer)
             self._wake_timer_at = wake
-
-    async def _fire_schedules(self) -> float | None:
-        """Start the runs of cron ticks that are due; returns the next tick to wake for.
-
-        Each tick moves the schedule's stored cursor and creates its run in one
-        transaction, so two workers never both start it, and ticks that fell
-        due while no worker ran are started now, oldest first.
-        """
-        now = self.clock.now()
-        next_tick: float | None = None
-        for wf, cron in self._crons:
-            name = f"cron:{wf.name}"
-            cursor = await self.store.get_schedule(name)
-            if cursor is None:
-                # A schedule seen for the first time starts from now: no back-filling.
-                await self.store.advance_schedule(name, None, now, None)
-                cursor = await self.store.get_schedule(name)
-                assert cursor is not None
-            tick = cron.next_after(cursor)
-            while tick <= now:
-                run = wf.new_run(cron.run_id(wf.name, tick), [], tick, created_at=tick)
-                if not await self.store.advance_schedule(name, cursor, tick, run):
-                    cursor = await self.store.get_schedule(name)  # another worker fired it
-                    assert cursor is not None
-                else:
-                    cursor = tick
-                tick = cron.next_after(cursor)
-            next_tick = tick if next_tick is None else min(next_tick, tick)
-        return next_tick
 
     def _on_wake_timer(self) -> None:
         self._wake_timer = None

@@ -27,7 +27,7 @@ __all__ = ("check", "dashboard", "demo", "events")
 
 @click.group()
 def events() -> None:
-    """Send events to the runs waiting for them.
+    """Send events to the runs waiting for them and the workflows they trigger.
 
     \b
     Example:
@@ -44,7 +44,9 @@ def events() -> None:
 def send(name: str, data: str, event_id: str | None, store_url: str, as_json: bool) -> None:
     """Send the event NAME with data JSON (an object; default {}) durably.
 
-    Every run waiting for NAME whose match the data contains wakes up.
+    Every run waiting for NAME whose match the data contains wakes up, runs
+    with a matching cancel_on are cancelled, and workers start a run of each
+    workflow triggered by NAME.
 
     \b
     Example:

@@ -132,3 +132,23 @@ def get_schedule(conn: sqlite3.Connection, name: str) -> float | None:
     """A schedule's last tick."""
     row = conn.execute("SELECT tick FROM schedules WHERE name = ?", (name,)).fetchone()
     return None if row is None else float(row[0])
+
+
+def events_after(
+    conn: sqlite3.Connection, position: int, names: Sequence[str], limit: int
+) -> list[EventRecord]:
+    """Events with these names after ``position``, in order."""
+    if not names or limit <= 0:
+        return []
+    marks = ",".join("?" * len(names))
+    rows = conn.execute(
+        f"SELECT position, id, name, data, at FROM events WHERE position > ? AND name IN ({marks}) "
+        "ORDER BY position LIMIT ?",
+        (position, *names, limit),
+    ).fetchall()
+    return [EventRecord(i, n, decode_value(d), a, p) for p, i, n, d, a in rows]
+
+
+def last_event_position(conn: sqlite3.Connection) -> int:
+    """The latest event's position; 0 when there is none."""
+    return int(conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0])

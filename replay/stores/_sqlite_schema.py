@@ -101,7 +101,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX cancel_on_name ON cancel_on (name);
     CREATE INDEX cancel_on_run ON cancel_on (run_id);
-    -- cron cursors: the last tick each schedule fired.
+    -- starts that joined a debounced run: creating them again returns that run.
+    CREATE TABLE run_aliases (
+        alias TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL
+    ) WITHOUT ROWID;
+    -- workers' cursors: the last cron tick fired, the last event position triggered.
     CREATE TABLE schedules (
         name TEXT PRIMARY KEY,
         tick REAL NOT NULL

@@ -93,6 +93,9 @@ def create_run(
     run = prepared.run
     flow, at = run.flow, run.started_at
     existing = get_run(conn, run.run_id)
+    if existing is None:
+        alias = conn.execute("SELECT run_id FROM run_aliases WHERE alias = ?", (run.run_id,)).fetchone()
+        existing = None if alias is None else get_run(conn, alias[0])
     if existing is not None:
         return existing, False
     if flow.rate_limit is not None and _rate_limited(conn, flow.rate_limit.key, flow.rate_limit, at):
@@ -223,6 +226,7 @@ def _debounce(conn: sqlite3.Connection, prepared: PreparedRun, at: float) -> Run
         (prepared.args, wake, begin_at, at, run_id),
     )
     conn.execute("UPDATE journal SET entry = ? WHERE run_id = ? AND seq = 1", (prepared.first, run_id))
+    conn.execute("INSERT INTO run_aliases (alias, run_id) VALUES (?, ?)", (run.run_id, run_id))
     conn.execute("DELETE FROM cancel_on WHERE run_id = ?", (run_id,))
     _register_cancel_on(conn, run_id, prepared.cancel_on)
     return get_run(conn, run_id)
@@ -424,6 +428,7 @@ def send_event(
             then(conn, notices, run_id, event.at)
     for start in starts:
         create_run(conn, notices, start)
+    notices.append(Notice("event", stored.id))
     return stored, True
 
 

@@ -11,8 +11,9 @@ A store keeps runs, their journals, event waits and events. Its contract:
 - ``append`` keeps the event-wait table in step with the journal: a
   ``wait_started`` entry registers a wait (it sees events sent after this
   transaction), an ``event_received`` or ``wait_timed_out`` entry removes it.
-- ``send_event`` is durable and idempotent on the event id, and wakes every run
-  with a matching wait. A run that reaches a terminal status wakes its parent.
+- ``send_event`` is durable and idempotent on the event id, wakes every run
+  with a matching wait, and tells listeners (an ``"event"`` notice). A run that
+  reaches a terminal status wakes its parent.
 - A run is claimable when it is ``pending``, ``suspended`` with ``wake_at`` due,
   or ``running`` under a worker that is gone (or whose lease expired).
 - Listeners registered with ``subscribe`` hear, in this process, when a run
@@ -29,6 +30,8 @@ and crashes:
   claimed, a new start joins it instead: that run takes the new arguments and
   ``workflow_started`` entry, its start moves to ``period`` from now (never past
   its first start plus ``timeout``), and ``create_run`` returns it, not new.
+  The joining start's run id becomes an alias of that run: creating it again
+  returns the run it joined, and changes nothing.
 - ``throttle``: a run begins (``pending`` with a ``wake_at``) no earlier than
   ``period`` after the ``limit``-th latest begin under its key.
 - ``concurrency``: ``claim`` takes a run only while fewer than ``limit`` runs
@@ -73,6 +76,7 @@ __all__ = (
 )
 
 Status = Literal["pending", "running", "suspended", "completed", "failed", "cancelled"]
+NoticeKind = Literal["ready", "news", "finished", "event"]
 STATUSES: tuple[Status, ...] = ("pending", "running", "suspended", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 ACTIVE_STATUSES = frozenset({"pending", "running", "suspended"})
@@ -250,10 +254,12 @@ class Notice:
     """What a store tells listeners in this process.
 
     ``kind`` is ``"ready"`` (the run can be claimed), ``"news"`` (its owner should
-    look at its waits, children or cancellation) or ``"finished"``.
+    look at its waits, children or cancellation), ``"finished"``, or ``"event"``
+    (an event was stored; ``run_id`` is then the event's id: workers look for
+    the runs it triggers).
     """
 
-    kind: Literal["ready", "news", "finished"]
+    kind: NoticeKind
     run_id: str
 
 
@@ -290,7 +296,7 @@ class Store(abc.ABC):
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def notify(self, kind: Literal["ready", "news", "finished"], run_id: str) -> None:
+    def notify(self, kind: NoticeKind, run_id: str) -> None:
         """Tell this process's listeners about a run."""
         notice = Notice(kind, run_id)
         for listener in list(self._listeners):
@@ -357,14 +363,25 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def events_after(self, position: int, names: Sequence[str], limit: int) -> list[EventRecord]:
+        """Up to ``limit`` events with one of ``names``, positioned after ``position``, in order."""
+
+    @abc.abstractmethod
+    async def last_event_position(self) -> int:
+        """The position of the latest event stored; 0 when there is none."""
+
+    @abc.abstractmethod
     async def get_schedule(self, name: str) -> float | None:
-        """The last tick recorded for the schedule ``name``; None for a schedule never seen."""
+        """The cursor of the schedule ``name`` (a cron tick, an event position); None if never set."""
 
     @abc.abstractmethod
     async def advance_schedule(
         self, name: str, previous: float | None, tick: float, run: NewRun | None
     ) -> bool:
         """Move a schedule's cursor from ``previous`` to ``tick`` and create ``run``, atomically.
+
+        Workers keep cron ticks and event triggers this way: whoever moves the
+        cursor creates the run, so no tick or event starts a run twice.
 
         Returns:
             False (and nothing written) when the cursor is no longer ``previous``:

@@ -82,6 +82,7 @@ class MemoryStore(Store):
         self._cancel_on: dict[str, list[_Wait]] = {}  # run id -> the events that cancel it
         self._workers: set[str] = set()
         self._schedules: dict[str, float] = {}
+        self._aliases: dict[str, str] = {}  # a start that joined a debounced run -> that run
 
     # -- clients -----------------------------------------------------------------------
 
@@ -90,7 +91,7 @@ class MemoryStore(Store):
         return self._create(run)
 
     def _create(self, run: NewRun) -> tuple[RunInfo, bool]:
-        existing = self._runs.get(run.run_id)
+        existing = self._runs.get(self._aliases.get(run.run_id, run.run_id))
         if existing is not None:
             return existing.info, False
         entries = run.entries()
@@ -151,6 +152,7 @@ class MemoryStore(Store):
                 continue
             r.journal[0] = first
             r.flow = run.flow
+            self._aliases[run.run_id] = r.info.run_id
             self._cancel_on.pop(r.info.run_id, None)
             for name, match in run.flow.cancel_on:
                 self._cancel_on.setdefault(r.info.run_id, []).append(
@@ -248,7 +250,17 @@ class MemoryStore(Store):
                 await self.request_cancel(run_id, stored.at)
         for run in starts:
             self._create(run)
+        self.notify("event", stored.id)
         return stored, True
+
+    async def events_after(self, position: int, names: Sequence[str], limit: int) -> list[EventRecord]:
+        """Events with these names after ``position``, in order."""
+        wanted = set(names)
+        return [e for e in self._events[max(position, 0) :] if e.name in wanted][:limit]
+
+    async def last_event_position(self) -> int:
+        """The latest event's position."""
+        return len(self._events)
 
     async def get_schedule(self, name: str) -> float | None:
         """The schedule's last tick."""

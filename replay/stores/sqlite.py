@@ -243,6 +243,14 @@ class SqliteStore(Store):
         job = functools.partial(writes.send_event, event=event, data=data, starts=prepared)
         return await self._submit(job)
 
+    async def events_after(self, position: int, names: Sequence[str], limit: int) -> list[EventRecord]:
+        """Events with these names after ``position``, in order."""
+        return self._read(reads.events_after, position, tuple(names), limit)
+
+    async def last_event_position(self) -> int:
+        """The latest event's position."""
+        return self._read(reads.last_event_position)
+
     async def get_schedule(self, name: str) -> float | None:
         """The schedule's last tick."""
         return self._read(reads.get_schedule, name)

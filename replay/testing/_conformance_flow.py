@@ -142,6 +142,24 @@ class FlowCases(Cases):
         _, new = await store.send_event(event("e1", "order.created"), [new_run("c:e1", workflow="c")])
         assert not new and await store.get_run("c:e1") is None
 
+    async def test_a_start_that_joined_a_debounced_run_is_an_alias_of_it(self, store: Store) -> None:
+        rule = Flow(debounce=DebounceRule(f"{WF}:k", 5.0))
+        await store.create_run(flowed("d1", rule, args=[1]))
+        joined, _ = await store.create_run(flowed("d2", rule, at=T0 + 1, args=[2]))
+        again, new = await store.create_run(flowed("d2", rule, at=T0 + 3, args=[3]))
+        assert not new and again == joined  # nothing changed: not joined a second time
+        assert (await store.get_run("d1")).args == [2]  # type: ignore[union-attr]
+
+    async def test_events_after_a_position(self, store: Store) -> None:
+        assert await store.last_event_position() == 0
+        notices = Notices(store)
+        sent = [(await store.send_event(event(f"e{i}", "ab"[i % 2])))[0] for i in range(5)]
+        assert Notice("event", "e0") in notices.seen
+        assert await store.last_event_position() == sent[-1].position
+        assert await store.events_after(0, ["a"], 10) == [sent[0], sent[2], sent[4]]
+        assert await store.events_after(sent[0].position, ["a", "b"], 2) == sent[1:3]
+        assert await store.events_after(sent[-1].position, ["a", "b"], 10) == []
+
     # -- schedules -----------------------------------------------------------------------------
 
     async def test_schedules_move_by_compare_and_set(self, store: Store) -> None:

@@ -140,8 +140,11 @@ class Notices:
         self.unsubscribe = store.subscribe(self.seen.append)
 
     def take(self) -> list[tuple[str, str]]:
-        """The notices seen since the last ``take``, as sorted (kind, run_id) pairs; then forget them."""
-        seen: list[tuple[str, str]] = sorted((n.kind, n.run_id) for n in self.seen)
+        """The run notices seen since the last ``take``, as sorted (kind, run_id) pairs; then forget them.
+
+        ``"event"`` notices (about an event, not a run) are left out.
+        """
+        seen: list[tuple[str, str]] = sorted((n.kind, n.run_id) for n in self.seen if n.kind != "event")
         self.seen.clear()
         return seen
 

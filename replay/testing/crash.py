@@ -101,6 +101,14 @@ class CrashingStore(Store):
     async def send_event(self, event: EventRecord, starts: Sequence[NewRun] = ()) -> tuple[EventRecord, bool]:
         return await self.inner.send_event(event, starts)
 
+    async def events_after(self, position: int, names: Sequence[str], limit: int) -> list[EventRecord]:
+        self._check()
+        return await self.inner.events_after(position, names, limit)
+
+    async def last_event_position(self) -> int:
+        self._check()
+        return await self.inner.last_event_position()
+
     async def get_schedule(self, name: str) -> float | None:
         self._check()
         return await self.inner.get_schedule(name)
@@ -108,8 +116,10 @@ class CrashingStore(Store):
     async def advance_schedule(
         self, name: str, previous: float | None, tick: float, run: NewRun | None
     ) -> bool:
-        # A worker's write, like an append: a crash point.
+        # A cursor move that starts a run is a worker's write, like an append: a crash point.
         self._check()
+        if run is None:
+            return await self.inner.advance_schedule(name, previous, tick, run)
         self.appends += 1
         if self.appends == self.crash_at and self.phase == "before":
             await self._snapshot()

@@ -179,3 +179,35 @@ def test_on_failure_must_be_a_registered_workflow() -> None:
 
         @app.workflow(on_failure=print)  # type: ignore[call-overload]
         async def wf(ctx: replay.Context) -> None: ...
+
+
+async def test_events_stored_by_anything_start_their_triggered_runs(env_for: Callable[..., TestEnv]) -> None:
+    from replay.stores.base import EventRecord
+
+    app = replay.App("trigger-any-sender", store="memory://")
+
+    @app.workflow(trigger="invoice.paid", debounce=replay.Debounce(timedelta(seconds=5)))
+    async def reconcile(ctx: replay.Context, event: replay.Event) -> int:
+        return int(event.data["n"])
+
+    @app.workflow(trigger="invoice.paid")
+    async def thank(ctx: replay.Context, event: replay.Event) -> str:
+        return event.id
+
+    async with env_for(app) as env:
+        store = env.store
+        # Sent straight to the store, as `replay events send` without --app or another service does.
+        await store.send_event(EventRecord("i1", "invoice.paid", {"n": 1}, env.now()))
+        await env.idle()
+        assert await app.get_run("thank:i1").result() == "i1"
+        await env.crash()  # a fresh worker must not start them again
+        await store.send_event(EventRecord("i2", "invoice.paid", {"n": 2}, env.now()))
+        await app.send_event("invoice.paid", {"n": 3}, id="i3")  # through the app: started at once
+        await env.idle()
+        await env.crash(down_for=timedelta(seconds=1))
+        await store.send_event(EventRecord("i4", "invoice.paid", {"n": 4}, env.now()))
+        await env.advance(timedelta(seconds=5))
+        thanks = await app.list_runs(workflow="thank")
+        assert sorted(r.run_id for r in thanks) == ["thank:i1", "thank:i2", "thank:i3", "thank:i4"]
+        reconciled = await app.list_runs(workflow="reconcile")
+        assert len(reconciled) == 1 and reconciled[0].result == 4  # one debounced run, the last event
