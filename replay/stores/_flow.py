@@ -9,7 +9,7 @@ from replay import journal as j
 from replay.journal import Entry
 from replay.stores.base import DebounceRule, Gate
 
-__all__ = ("debounce_wake", "dropped", "throttle_begin")
+__all__ = ("debounce_wake", "dropped", "not_begun", "throttle_begin")
 
 
 def throttle_begin(at: float, begins: Sequence[float], gate: Gate) -> float:
@@ -42,3 +42,8 @@ def dropped(run_id: str, first: Entry, gate: Gate) -> tuple[Entry, dict[str, Any
     )
     entry = Entry(first.seq + 1, j.WORKFLOW_CANCELLED, first.at, {"reason": "rate_limit", "message": message})
     return entry, {"type": "Cancelled", "message": message}
+
+
+def not_begun(run_id: str, at: float) -> Entry:
+    """The ``workflow_cancelled`` entry (seq 2) of a run cancelled before any worker began it."""
+    return Entry(2, j.WORKFLOW_CANCELLED, at, {"reason": "cancelled before it began"})

@@ -16,7 +16,7 @@ import attrs
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry, decode_value, encode_entry, encode_value
-from replay.stores._flow import debounce_wake, dropped, throttle_begin
+from replay.stores._flow import debounce_wake, dropped, not_begun, throttle_begin
 from replay.stores._sqlite_reads import TERMINAL_SQL, first_match, get_run
 from replay.stores.base import (
     TERMINAL_STATUSES,
@@ -379,6 +379,20 @@ def request_cancel(conn: sqlite3.Connection, notices: list[Notice], run_id: str,
     info = get_run(conn, run_id)
     if info is None or info.status in TERMINAL_STATUSES or info.cancel_requested:
         return info
+    never_begun = conn.execute(
+        "SELECT token = 0 AND (SELECT MAX(seq) FROM journal WHERE run_id = ?) = 1 FROM runs WHERE run_id = ?",
+        (run_id, run_id),
+    ).fetchone()[0]
+    if info.status == "pending" and never_begun:
+        # It never began: no workflow code to tell, so it ends here.
+        entry = not_begun(run_id, at)
+        conn.execute(
+            "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)", (run_id, 2, encode_entry(entry))
+        )
+        _track(conn, run_id, [entry])
+        conn.execute("UPDATE runs SET cancel_requested = 1, wake_at = NULL WHERE run_id = ?", (run_id,))
+        _update(conn, notices, run_id, PreparedUpdate.of(RunUpdate(status="cancelled")), at)
+        return get_run(conn, run_id)
     conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
     _wake(conn, notices, run_id, at)
     return get_run(conn, run_id)

@@ -14,7 +14,7 @@ import attrs
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry, decode_entries, encode_entry
-from replay.stores._flow import debounce_wake, dropped, throttle_begin
+from replay.stores._flow import debounce_wake, dropped, not_begun, throttle_begin
 from replay.stores.base import (
     NO_FLOW,
     TERMINAL_STATUSES,
@@ -214,6 +214,14 @@ class MemoryStore(Store):
         if run is None:
             return None
         if run.info.status in TERMINAL_STATUSES or run.info.cancel_requested:
+            return run.info
+        if run.info.status == "pending" and run.token == 0 and len(run.journal) == 1:
+            # It never began: no workflow code to tell, so it ends here.
+            entry = not_begun(run.info.run_id, at)
+            run.journal.append(encode_entry(entry))
+            self._track(run, [entry])
+            run.info = attrs.evolve(run.info, cancel_requested=True, wake_at=None)
+            self._update(run, RunUpdate(status="cancelled"), at)
             return run.info
         run.info = attrs.evolve(run.info, cancel_requested=True)
         self._wake(run, at)

@@ -211,11 +211,17 @@ class EventCases(Cases):
         for run_id in ("running", "suspended", "done", "pending"):
             info = await store.request_cancel(run_id, T0 + 3)
             assert info is not None and info.cancel_requested is (run_id != "done")
-        assert notices.take() == [("news", "running"), ("ready", "suspended")]
+        assert notices.take() == [("finished", "pending"), ("news", "running"), ("ready", "suspended")]
         claim = await suspended.reclaim(W1, now=T0 + 3)
         assert claim.cancel_requested
-        [claim] = await store.claim(W1, ["wf-pending"], T0, 1)
-        assert claim.cancel_requested
+        # A run that never began ends at once: there is no workflow code to tell.
+        info = await store.get_run("pending")
+        assert info is not None and info.status == "cancelled"
+        assert [e.kind for e in await store.read_journal("pending")] == [
+            j.WORKFLOW_STARTED,
+            j.WORKFLOW_CANCELLED,
+        ]
+        assert await store.claim(W1, ["wf-pending"], T0, 1) == []
         info = await store.get_run("done")
         assert info is not None and (info.status, info.cancel_requested) == ("completed", False)
         await store.request_cancel("suspended", T0 + 4)  # a second request changes nothing

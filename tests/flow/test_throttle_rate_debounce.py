@@ -159,3 +159,22 @@ def test_flow_options_are_checked_when_the_workflow_is_registered() -> None:
         async def wf2(ctx: replay.Context) -> None: ...
 
     assert app.workflows == {}
+
+
+async def test_a_run_waiting_to_begin_is_cancelled_at_once(env_for: Callable[..., TestEnv]) -> None:
+    app = replay.App("cancel-waiting", store="memory://")
+
+    @app.workflow(throttle=replay.Throttle(1, MINUTE))
+    async def slow_lane(ctx: replay.Context, n: int) -> int:
+        return n
+
+    async with env_for(app) as env:
+        first = await app.start(slow_lane, 1)
+        queued = await app.start(slow_lane, 2)
+        await env.idle()
+        assert await queued.status() == "pending"
+        await queued.cancel()
+        assert await queued.status() == "cancelled"  # no worker had to take it
+        with pytest.raises(replay.Cancelled):
+            await queued.result()
+        assert await first.result() == 1
