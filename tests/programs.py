@@ -10,6 +10,8 @@ A program is a JSON tree:
     ["gather", [node, ...]]            asyncio.gather of the branches, interleaving
     ["timeout", label, node]           asyncio.wait_for(node, 1 day)
     ["child", label, node]             ctx.child(prog, node)
+    ["limited", label, node]           ctx.child(limited, node): one at a time, throttled, prioritised
+    ["doomed", label]                  ctx.child(doomed): fails, and its on_failure handler runs a step
 
 The output is a list of strings that does not depend on how branches interleave.
 """
@@ -71,6 +73,15 @@ async def interpret(ctx: replay.Context, node: list[Any], out: list[Any]) -> Non
         out.append([node[1], inner])
     elif kind == "child":
         out.append([node[1], await ctx.child(prog, node[2])])
+    elif kind == "limited":
+        out.append([node[1], await ctx.child(limited, node[2])])
+    elif kind == "doomed":
+        try:
+            # Its id, which its on_failure handler receives, must not depend on how
+            # branches interleave: labels are unique in a program.
+            await ctx.child(doomed, node[1], run_id=f"doomed-{node[1]}")
+        except replay.WorkflowFailed as exc:
+            out.append(f"{node[1]} doomed: {exc}")
     else:
         raise AssertionError(f"unknown node {node!r}")
 
@@ -82,11 +93,39 @@ async def prog(ctx: replay.Context, program: list[Any]) -> list[Any]:
     return out
 
 
+@app.workflow(
+    concurrency=replay.Concurrency(1),
+    throttle=replay.Throttle(2, timedelta(minutes=1)),
+    priority=lambda program: len(program),
+    cancel_on=replay.CancelOn("never-sent"),
+)
+async def limited(ctx: replay.Context, program: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    await interpret(ctx, program, out)
+    return out
+
+
+@app.step()
+def mourn(run_id: str, message: str) -> str:
+    return f"mourned {run_id}: {message}"
+
+
+@app.workflow()
+async def mourner(ctx: replay.Context, run_id: str, error: dict[str, Any]) -> str:
+    return await mourn(run_id, error["message"])
+
+
+@app.workflow(on_failure=mourner)
+async def doomed(ctx: replay.Context, label: str) -> None:
+    raise ValueError(f"{label} was doomed")
+
+
 _leaf = st.one_of(
     st.tuples(st.just("step"), st.sampled_from([0, 0, 0, 1, 2, 3])),
     st.tuples(st.just("sleep"), st.sampled_from([1, 30, 3600]), st.sampled_from(["ctx", "asyncio"])),
     st.tuples(st.just("wait"), st.booleans(), st.sampled_from([None, 60])),
     st.tuples(st.just("random")),
+    st.tuples(st.just("doomed")),
 )
 
 
@@ -96,6 +135,7 @@ def _extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         st.tuples(st.just("gather"), st.lists(children, min_size=2, max_size=3)),
         st.tuples(st.just("timeout"), children),
         st.tuples(st.just("child"), children),
+        st.tuples(st.just("limited"), children),
     )
 
 
@@ -111,8 +151,8 @@ def _label(raw: Any, counter: list[int]) -> list[Any]:
     if kind == "wait":
         send, timeout = raw[1], raw[2]
         return ["wait", label, send, timeout if (timeout is not None or send) else 60]
-    if kind == "random":
-        return ["random", label]
+    if kind in ("random", "doomed"):
+        return [kind, label]
     if kind in ("seq", "gather"):
         return [kind, [_label(c, counter) for c in raw[1]]]
     return [kind, label, _label(raw[1], counter)]
@@ -128,7 +168,7 @@ def sent_labels(node: list[Any]) -> set[str]:
         return {node[1]} if node[2] else set()
     if kind in ("seq", "gather"):
         return set().union(*(sent_labels(c) for c in node[1]))
-    if kind in ("timeout", "child"):
+    if kind in ("timeout", "child", "limited"):
         return sent_labels(node[2])
     return set()
 
