@@ -1,0 +1,56 @@
+"""Flow control holds across processes: two SqliteStores on one file stand in for two."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import replay
+from replay.stores.sqlite import SqliteStore
+from replay.worker import Worker
+
+
+async def test_a_concurrency_limit_holds_across_two_worker_processes(tmp_path: Path) -> None:
+    app = replay.App("two-procs", store="memory://")
+    active = 0
+    peak = 0
+    by_worker: dict[str, int] = {}
+
+    @app.step()
+    async def work(i: int) -> int:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        info = replay.current_step()
+        assert info is not None
+        for _ in range(20):
+            await asyncio.sleep(0)  # let the other "process" try to take a slot meanwhile
+        active -= 1
+        return i
+
+    @app.workflow(concurrency=replay.Concurrency(2))
+    async def limited(ctx: replay.Context, i: int) -> int:
+        return await work(i) + await work(i)
+
+    url = f"sqlite:///{tmp_path}/shared.db"
+    a, b = SqliteStore(url), SqliteStore(url)
+    await a.open()
+    await b.open()
+    app.set_store(a)
+    try:
+        workers = [
+            Worker(app, store, app.clock, worker_id=name, poll_interval=0.005)
+            for name, store in (("wa", a), ("wb", b))
+        ]
+        for w in workers:
+            w.on_step = lambda info, name=w.worker_id: by_worker.__setitem__(name, by_worker.get(name, 0) + 1)
+            await w.start()
+        runs = [await app.start(limited, i) for i in range(30)]
+        assert [await r.result(timeout=60) for r in runs] == [2 * i for i in range(30)]
+        for w in workers:
+            await w.stop()
+    finally:
+        await app.close()
+        await b.close()
+    assert peak == 2
+    assert set(by_worker) == {"wa", "wb"}  # both took part
