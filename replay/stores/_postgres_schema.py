@@ -67,7 +67,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (run_id, seq)
     );
     CREATE TABLE events (
-        position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        position bigint PRIMARY KEY,  -- given by send_event, in commit order
         id text NOT NULL UNIQUE,
         name text NOT NULL,
         data bytea NOT NULL,

@@ -456,8 +456,10 @@ async def send_event(tx: Tx, event: EventRecord, data: bytes) -> tuple[EventReco
     """Store an event unless its id exists, and wake the runs with a matching wait."""
     conn = tx.conn
     await conn.execute("SELECT pg_advisory_xact_lock($1)", tx.events_lock)
+    # Under the lock, positions are given in commit order and without gaps.
     position = await conn.fetchval(
-        "INSERT INTO events (id, name, data, at) VALUES ($1, $2, $3, $4)"
+        "INSERT INTO events (position, id, name, data, at)"
+        " SELECT COALESCE(max(position), 0) + 1, $1, $2, $3, $4 FROM events"
         " ON CONFLICT (id) DO NOTHING RETURNING position",
         event.id,
         event.name,

@@ -137,6 +137,7 @@ class PostgresStore(Store):
         self.origin = f"{self._rng.getrandbits(64):016x}"
         self._pool: asyncpg.Pool | None = None
         self._control: Control | None = None
+        self._writes: set[asyncio.Future[Any]] = set()
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.schema!r}>"
@@ -161,6 +162,7 @@ class PostgresStore(Store):
                 max_size=self.pool_size,
                 command_timeout=self.timeout,
                 server_settings=settings,
+                reset=_keep_session,
             ),
         )
         try:
@@ -188,6 +190,7 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         """Stop listening and heartbeating, and close every connection."""
+        await self._settle()
         control, self._control = self._control, None
         pool, self._pool = self._pool, None
         if control is not None:
@@ -244,11 +247,13 @@ class PostgresStore(Store):
         *,
         transaction: bool = True,
         landed: Callable[[Conn, int], Awaitable[T | None]] | None = None,
+        failed: Callable[[list[int]], None] | None = None,
     ) -> T:
         """Run ``fn`` in a transaction, retried; notices reach listeners after the COMMIT.
 
         ``landed(conn, op_id)`` tells, after a failure that may have come after
         the COMMIT, whether the write landed (returning its result) or not (None).
+        ``failed(op_ids)`` hears of a write that failed for good (not ``LeaseLost``).
         """
         tries: list[writes.Tx] = []
 
@@ -269,10 +274,36 @@ class PostgresStore(Store):
             self._deliver(tx.notices)
             return result
 
-        try:
-            return await self._retrying(f"{what} in the PostgreSQL store", attempt)
-        except asyncpg.PostgresError as exc:
-            raise StoreError(f"the PostgreSQL store refused a write: {exc}") from exc
+        async def write() -> T:
+            try:
+                try:
+                    return await self._retrying(f"{what} in the PostgreSQL store", attempt)
+                except asyncpg.PostgresError as exc:
+                    raise StoreError(f"the PostgreSQL store refused {what}: {exc}") from exc
+            except LeaseLost:
+                raise
+            except StoreError:
+                if failed is not None:
+                    failed([tx.op_id for tx in tries])
+                raise
+
+        # A caller that is cancelled (a worker halting) stops waiting, but the write
+        # goes on to its end, landed or not, rather than be cut off mid-statement:
+        # ``unregister_worker`` waits for it, so a halted worker writes nothing after.
+        task = asyncio.ensure_future(write())
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+        return await asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Future[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # its caller may have gone: the error is not news
+
+    async def _settle(self) -> None:
+        """Wait for the writes in flight, even those whose callers went away."""
+        if self._writes:
+            await asyncio.wait(set(self._writes))
 
     # -- clients -----------------------------------------------------------------------
 
@@ -354,6 +385,7 @@ class PostgresStore(Store):
         """Release the worker's runs (claimable at once) and end its lease."""
         if self._control is not None:
             self._control.workers.pop(worker_id, None)
+        await self._settle()  # what the worker had begun lands (or fails) before its runs go
         await self._write("unregistering a worker", lambda tx: writes.unregister(tx, worker_id))
 
     async def claim(self, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
@@ -362,18 +394,18 @@ class PostgresStore(Store):
         async def claimed(conn: Conn, op_id: int) -> list[Claim] | None:
             return await claims.claimed(conn, worker_id, op_id) or None
 
-        tried: list[int] = []
-
-        async def claim(tx: writes.Tx) -> list[Claim]:
-            tried.append(tx.op_id)
-            return await claims.claim(tx, worker_id, workflows, now, limit)
-
-        try:
-            return await self._write("claiming runs", claim, transaction=False, landed=claimed)
-        except StoreError:
+        def failed(op_ids: list[int]) -> None:
             if self._control is not None:
-                self._control.stranded_claims.update(tried)  # released once the database is back
-            raise
+                self._control.stranded_claims.update(op_ids)  # released once the database is back
+                self._control.kick()
+
+        return await self._write(
+            "claiming runs",
+            lambda tx: claims.claim(tx, worker_id, workflows, now, limit),
+            transaction=False,
+            landed=claimed,
+            failed=failed,
+        )
 
     async def append(
         self, run_id: str, token: int, entries: Sequence[Entry], update: RunUpdate | None = None
@@ -403,17 +435,15 @@ class PostgresStore(Store):
         else:
             fn = lambda tx: writes.append(tx, run_id, token, entries, blobs, prepared)  # noqa: E731
             transaction = True
-        try:
-            await self._write("appending", fn, transaction=transaction, landed=appended)
-        except LeaseLost:
-            raise
-        except StoreError:
+
+        def failed(_op_ids: list[int]) -> None:
             if self._control is not None:
                 # The driver drops the run on this error: release it as soon as the
                 # database answers, rather than leave it "running" until the lease ends.
                 self._control.stranded_runs.add((run_id, token))
                 self._control.kick()
-            raise
+
+        await self._write("appending", fn, transaction=transaction, landed=appended, failed=failed)
 
     async def poll_waits(self, run_id: str) -> list[tuple[int, EventRecord]]:
         """For each open wait of the run, the first matching event, if one arrived."""
@@ -422,6 +452,17 @@ class PostgresStore(Store):
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
         """The earliest ``wake_at`` among suspended runs of these workflows."""
         return await self._read(reads.next_wake_at, tuple(workflows))
+
+
+async def _keep_session(_conn: Conn) -> None:
+    """Hand a connection back to the pool as it is.
+
+    asyncpg's default resets every connection it gets back (``RESET ALL``,
+    ``UNLISTEN *``...): one more round trip per call. The store's pool
+    connections change no session state (no LISTEN, no SET, only
+    transaction-level advisory locks), and an open transaction is still rolled
+    back by asyncpg before this is called.
+    """
 
 
 async def _get(conn: Conn, run_id: str) -> RunInfo:
