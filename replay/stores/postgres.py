@@ -153,7 +153,9 @@ class PostgresStore(Store):
         """
         if self._pool is not None:
             return
-        settings = {"search_path": quote(self.schema), "application_name": "replay"}
+        settings = {"search_path": quote(self.schema)}
+        if "application_name=" not in self.dsn:
+            settings["application_name"] = "replay"  # what pg_stat_activity shows
         pool = await self._retrying(
             "connecting",
             lambda: asyncpg.create_pool(
@@ -225,11 +227,14 @@ class PostgresStore(Store):
             try:
                 return await attempt()
             except TRANSIENT as exc:
+                # Only the first failure of a call is worth a warning: a restart fails
+                # every call in flight a few times over.
+                report = log.warning if delay == 0.05 else log.debug
                 if self._pool is not None and not isinstance(exc, asyncpg.TransactionRollbackError):
                     await self._pool.expire_connections()  # after a restart, every idle connection is dead
                 if loop.time() + delay > deadline:
                     raise StoreError(f"{what} failed: the database is unreachable ({exc!r})") from exc
-                log.warning("%s failed (%r); retrying in %.2f s", what, exc, delay)
+                report("%s failed (%r); retrying for up to %.0f s", what, exc, deadline - loop.time())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
