@@ -8,6 +8,16 @@ not alive (its lease expired, it unregistered, or it never registered) can be
 claimed by any worker; every claim hands out a new token, which fences the old
 owner's appends (see ``_postgres_writes``).
 
+A worker is also dead, before its lease runs out, once the database session
+of its store's LISTEN connection is gone from the server it was registered on:
+when a process dies, however it dies, its kernel closes its sockets and the
+server ends their sessions at once. Only a session on the same server run
+counts (``pg_postmaster_start_time``): after a restart or a failover every
+session is new, and the leases decide. A paused process, or one cut off by the
+network, keeps its session open on the server: its lease decides too. Matching
+on the process id alone errs only one way: should a new session get the dead
+one's pid, the worker merely waits out its lease.
+
 Claims use ``FOR UPDATE SKIP LOCKED``: two workers claiming at once never wait
 for each other and never get the same run.
 """
@@ -29,10 +39,15 @@ _CLAIM = """
 WITH me AS (
     INSERT INTO workers (worker_id, instance, heartbeat_at, expires_at)
     VALUES ($4, '', '-infinity', '-infinity') ON CONFLICT (worker_id) DO NOTHING
+), dead AS (
+    SELECT worker_id FROM workers
+    WHERE expires_at <= clock_timestamp() OR (
+        server_start = pg_postmaster_start_time()
+        AND backend_pid NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL))
 ), orphans AS (
     SELECT run_id FROM runs
-    WHERE status = 'running' AND workflow = ANY($1::text[]) AND (owner IS NULL OR owner IN (
-        SELECT worker_id FROM workers WHERE expires_at <= clock_timestamp()))
+    WHERE status = 'running' AND workflow = ANY($1::text[])
+        AND (owner IS NULL OR owner IN (SELECT worker_id FROM dead))
     LIMIT $3 FOR UPDATE SKIP LOCKED
 ), due AS (
     SELECT run_id FROM runs
@@ -77,18 +92,24 @@ async def claimed(conn: Conn, worker_id: str, op_id: int) -> list[Claim]:
     return [Claim(run_id, workflow, token, cancel) for run_id, workflow, token, cancel in rows]
 
 
-async def register(conn: Conn, worker_id: str, instance: str, lease: float) -> bool:
-    """Start ``worker_id``'s lease; False if a live worker of another store holds that id."""
+async def register(conn: Conn, worker_id: str, instance: str, lease: float, session: int | None) -> bool:
+    """Start ``worker_id``'s lease; False if a live worker of another store holds that id.
+
+    ``session`` is the process id of the store's LISTEN session, if it is connected.
+    """
     row = await conn.fetchval(
-        "INSERT INTO workers (worker_id, instance, heartbeat_at, expires_at)"
-        " VALUES ($1, $2, clock_timestamp(), clock_timestamp() + make_interval(secs => $3))"
+        "INSERT INTO workers (worker_id, instance, heartbeat_at, expires_at, backend_pid, server_start)"
+        " VALUES ($1, $2, clock_timestamp(), clock_timestamp() + make_interval(secs => $3), $4,"
+        " pg_postmaster_start_time())"
         " ON CONFLICT (worker_id) DO UPDATE SET instance = EXCLUDED.instance,"
-        " heartbeat_at = EXCLUDED.heartbeat_at, expires_at = EXCLUDED.expires_at"
+        " heartbeat_at = EXCLUDED.heartbeat_at, expires_at = EXCLUDED.expires_at,"
+        " backend_pid = EXCLUDED.backend_pid, server_start = EXCLUDED.server_start"
         " WHERE workers.instance = EXCLUDED.instance OR workers.expires_at <= clock_timestamp()"
         " RETURNING worker_id",
         worker_id,
         instance,
         lease,
+        session,
     )
     return row is not None
 
@@ -104,7 +125,8 @@ async def heartbeat(
     rows = await conn.fetch(
         "WITH beat AS ("
         " UPDATE workers SET heartbeat_at = clock_timestamp(),"
-        " expires_at = clock_timestamp() + make_interval(secs => $3)"
+        " expires_at = clock_timestamp() + make_interval(secs => $3),"
+        " backend_pid = pg_backend_pid(), server_start = pg_postmaster_start_time()"
         " WHERE worker_id = ANY($1::text[]) AND instance = $2 RETURNING worker_id"
         "), reaped AS ("
         " DELETE FROM workers w WHERE expires_at < clock_timestamp() - make_interval(secs => $3 * 100)"

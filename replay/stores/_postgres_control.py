@@ -34,9 +34,12 @@ log = logging.getLogger("replay.stores.postgres")
 
 #: Errors after which the same operation may succeed on a new connection: the
 #: server went away or is starting, the network failed, a deadlock or a
-#: serialization failure rolled the transaction back.
+#: serialization failure rolled the transaction back. asyncpg raises its
+#: InternalClientError when the server ended an idle pooled connection's session
+#: (pg_terminate_backend, a restart) and the next query finds it half-closed.
 TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,
@@ -84,6 +87,8 @@ class Control:
         self.stranded_claims: set[int] = set()
         #: Set while the connection is up and LISTENing.
         self.connected = asyncio.Event()
+        #: The server process id of the connection's session, while connected.
+        self.session: int | None = None
         self._kick = asyncio.Event()
         self._seen: float | None = None  # the database's time at the last heartbeat while listening
         self._task: asyncio.Task[None] | None = None
@@ -118,6 +123,7 @@ class Control:
                 await self._beat(conn)
                 if seen is not None:
                     await self._catch_up(conn, seen)
+                self.session = conn.get_server_pid()
                 self.connected.set()
                 delay = 0.05
                 while not conn.is_closed():
@@ -136,6 +142,7 @@ class Control:
                 log.exception("replay's PostgreSQL control connection failed; reconnecting")
             finally:
                 self.connected.clear()
+                self.session = None
                 if conn is not None:
                     conn.terminate()
             await asyncio.sleep(delay)

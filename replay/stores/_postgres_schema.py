@@ -95,7 +95,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         instance text NOT NULL,
         heartbeat_at timestamptz NOT NULL,
         -- the database's clock: past it, the worker's running runs may be taken over
-        expires_at timestamptz NOT NULL
+        expires_at timestamptz NOT NULL,
+        -- the session of the store's LISTEN connection, and the server it is on: when
+        -- that session is gone from that server, so is the worker's process
+        backend_pid integer,
+        server_start timestamptz
     )
     """,
 )

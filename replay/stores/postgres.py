@@ -5,12 +5,13 @@ nothing else changes. ``postgres://`` works too. Options in the URL's query
 string are replay's own and are removed before the rest goes to asyncpg:
 
 - ``lease`` (seconds, default 5): how long a worker owns its runs without a
-  heartbeat. Its store renews it every third of that. A worker whose process
-  died, hung, or lost the network for longer has its runs taken over by the
-  others. Five seconds lets a worker stall for over three seconds (a loaded
-  machine, a slow disk, a database failover) without being thought dead, while
-  a dead worker's runs resume within about six seconds. A false takeover is
-  safe (fencing, below) but re-runs the steps that were in flight.
+  heartbeat. Its store renews it every third of that. A worker that hung, was
+  paused or lost the network for longer has its runs taken over by the others.
+  Five seconds lets a worker stall for over three seconds (a loaded machine, a
+  slow disk, a database failover) without being thought dead; a false takeover
+  is safe (fencing, below) but re-runs the steps that were in flight. A worker
+  whose process DIED does not wait for its lease: the server ends its sessions
+  at once, and the others see that (``_postgres_claims``).
 - ``schema`` (default ``replay``): the PostgreSQL schema replay's tables live
   in. Two deployments, or tests, can share a database with schemas of their own.
 - ``pool`` (default 10): the most connections the store opens for its queries,
@@ -382,7 +383,7 @@ class PostgresStore(Store):
         control = self._control
         if control is None:
             raise StoreError(f"{self!r} is not open: call `await store.open()` first")
-        if not await self._read(claims.register, worker_id, self.origin, self.lease):
+        if not await self._read(claims.register, worker_id, self.origin, self.lease, control.session):
             raise StoreError(f"worker id {worker_id!r} is in use by a live worker")
         control.workers[worker_id] = None
 

@@ -172,13 +172,34 @@ async def test_a_worker_past_its_lease_is_taken_over_and_fenced(postgres_url: st
         [claim] = await a.claim("a", [WF], T0, 10)
         assert await b.claim("b", [WF], T0, 10) == []
         assert a._control is not None
-        await a._control.stop()  # a pauses: no more heartbeats, as in a process stopped by SIGSTOP
+        # a pauses, as a process stopped by SIGSTOP does: no more heartbeats, but its
+        # connections stay open, so only its lease running out gives it away.
+        a._control.workers.clear()
         [taken] = await eventually(lambda: b.claim("b", [WF], T0, 10), "the lease of a to run out")
         assert taken.run_id == "r1" and taken.token > claim.token
         with pytest.raises(LeaseLost):
             await a.append("r1", claim.token, [Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": 1})])
         await b.append("r1", taken.token, [Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": 2})])
         assert [e.data.get("value") for e in await b.read_journal("r1")] == [None, 2]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_worker_whose_process_died_is_taken_over_before_its_lease_ends(postgres_url: str) -> None:
+    a = PostgresStore(postgres_url, lease=600)
+    b = PostgresStore(postgres_url)
+    await a.open()
+    await b.open()
+    try:
+        await a.register_worker("a")
+        await b.register_worker("b")
+        await a.create_run(new_run("r1", workflow=WF))
+        [claim] = await a.claim("a", [WF], T0, 10)
+        assert await b.claim("b", [WF], T0, 10) == []
+        await a.close()  # its sessions end, as a killed process's do; its row still says "a", alive
+        [taken] = await eventually(lambda: b.claim("b", [WF], T0, 10), "the server to end a's session")
+        assert taken.run_id == "r1" and taken.token > claim.token
     finally:
         await a.close()
         await b.close()
