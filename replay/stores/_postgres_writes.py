@@ -46,7 +46,7 @@ __all__ = (
     "Tx",
     "append",
     "create_run",
-    "fast_append",
+    "refused",
     "fast_create",
     "request_cancel",
     "requeue",
@@ -215,33 +215,6 @@ async def _insert_entries(conn: Conn, run_id: str, seqs: list[int], blobs: list[
 _FENCE = "UPDATE runs SET seq = $3, op_id = $4 WHERE run_id = $1 AND token = $2 AND owner IS NOT NULL"
 
 
-async def fast_append(tx: Tx, run_id: str, token: int, entries: Sequence[Entry], blobs: list[bytes]) -> None:
-    """Append entries that change nothing but the journal, in ONE statement.
-
-    The common append (a step's completion) is the fencing UPDATE and the INSERT
-    of its entries in one statement: one round trip, one commit.
-
-    Raises:
-        LeaseLost: ``token`` is stale; nothing was written.
-        ReplayInternalError: the entries do not continue the journal.
-    """
-    first, last = entries[0].seq, entries[-1].seq
-    status = await tx.conn.execute(
-        f"WITH f AS ({_FENCE} AND seq = $5 RETURNING run_id)"
-        " INSERT INTO journal (run_id, seq, entry)"
-        " SELECT f.run_id, u.s, u.e FROM f, unnest($6::int[], $7::bytea[]) AS u(s, e)",
-        run_id,
-        token,
-        last,
-        tx.op_id,
-        first - 1,
-        [e.seq for e in entries],
-        blobs,
-    )
-    if status == "INSERT 0 0":
-        await _refused(tx.conn, run_id, token, first)
-
-
 async def append(
     tx: Tx,
     run_id: str,
@@ -274,7 +247,7 @@ async def append(
             tx.op_id,
         )
     if row is None:
-        await _refused(conn, run_id, token, first)
+        await refused(conn, run_id, token, first)
     if entries:
         await _insert_entries(conn, run_id, [e.seq for e in entries], blobs)
         await _track(tx, run_id, entries)
@@ -283,8 +256,13 @@ async def append(
     await tx.publish()
 
 
-async def _refused(conn: Conn, run_id: str, token: int, first: int | None) -> NoReturn:
-    """Why the fencing UPDATE matched no row: always raises."""
+async def refused(conn: Conn, run_id: str, token: int, first: int | None) -> NoReturn:
+    """Why the fencing UPDATE matched no row: always raises.
+
+    Raises:
+        LeaseLost: the token is stale or the run was released.
+        ReplayInternalError: the entries starting at ``first`` do not continue the journal.
+    """
     row = await conn.fetchrow("SELECT token, owner, seq FROM runs WHERE run_id = $1", run_id)
     if row is None or row[0] != token or row[1] is None:
         raise LeaseLost(f"run {run_id!r} is no longer owned by this worker (token {token})")

@@ -63,6 +63,7 @@ from replay.journal import Entry, encode_entry, encode_value
 from replay.stores import _postgres_claims as claims
 from replay.stores import _postgres_reads as reads
 from replay.stores import _postgres_writes as writes
+from replay.stores._postgres_batch import Batcher
 from replay.stores._postgres_control import TRANSIENT, Control
 from replay.stores._postgres_reads import Conn
 from replay.stores._postgres_schema import prepare, quote
@@ -139,6 +140,7 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._control: Control | None = None
         self._writes: set[asyncio.Future[Any]] = set()
+        self._batcher = Batcher(self._write, self._strand)
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.schema!r}>"
@@ -308,8 +310,19 @@ class PostgresStore(Store):
 
     async def _settle(self) -> None:
         """Wait for the writes in flight, even those whose callers went away."""
+        await self._batcher.settle()
         if self._writes:
             await asyncio.wait(set(self._writes))
+
+    def _strand(self, run_id: str, token: int) -> None:
+        """A write for this run failed for good: its driver drops it, so release it.
+
+        The run is released as soon as the database answers again, rather than
+        left "running" under a live worker until that worker's lease ends.
+        """
+        if self._control is not None:
+            self._control.stranded_runs.add((run_id, token))
+            self._control.kick()
 
     # -- clients -----------------------------------------------------------------------
 
@@ -429,27 +442,20 @@ class PostgresStore(Store):
         blobs = [encode_entry(e) for e in entries]  # may raise: nothing sent
         prepared = None if update is None else PreparedUpdate.of(update)
 
+        if prepared is None and entries and not any(e.kind in writes.TRACKED_KINDS for e in entries):
+            await self._batcher.append(run_id, token, entries, blobs)  # the common case: group commit
+            return
+
         async def appended(conn: Conn, op_id: int) -> bool | None:
             found = await conn.fetchval("SELECT 1 FROM runs WHERE run_id = $1 AND op_id = $2", run_id, op_id)
             return None if found is None else True
 
-        if prepared is None and entries and not any(e.kind in writes.TRACKED_KINDS for e in entries):
-            fn: Callable[[writes.Tx], Awaitable[Any]] = lambda tx: writes.fast_append(  # noqa: E731
-                tx, run_id, token, entries, blobs
-            )
-            transaction = False
-        else:
-            fn = lambda tx: writes.append(tx, run_id, token, entries, blobs, prepared)  # noqa: E731
-            transaction = True
-
-        def failed(_op_ids: list[int]) -> None:
-            if self._control is not None:
-                # The driver drops the run on this error: release it as soon as the
-                # database answers, rather than leave it "running" until the lease ends.
-                self._control.stranded_runs.add((run_id, token))
-                self._control.kick()
-
-        await self._write("appending", fn, transaction=transaction, landed=appended, failed=failed)
+        await self._write(
+            "appending",
+            lambda tx: writes.append(tx, run_id, token, entries, blobs, prepared),
+            landed=appended,
+            failed=lambda _op_ids: self._strand(run_id, token),
+        )
 
     async def poll_waits(self, run_id: str) -> list[tuple[int, EventRecord]]:
         """For each open wait of the run, the first matching event, if one arrived."""

@@ -20,7 +20,7 @@ import replay
 from replay import journal as j
 from replay.errors import LeaseLost, SchemaError, StoreError
 from replay.journal import Entry
-from replay.stores import _postgres_claims, _postgres_writes, open_store
+from replay.stores import _postgres_batch, _postgres_claims, open_store
 from replay.stores._postgres_schema import SCHEMA_VERSION
 from replay.stores.base import Notice
 from replay.stores.postgres import PostgresStore, parse_url
@@ -308,6 +308,30 @@ async def test_after_a_reconnect_runs_that_ended_meanwhile_are_announced(
     await ear.hears("finished", "r1")
 
 
+async def test_appends_of_many_runs_share_a_statement_and_a_stale_one_fails_alone(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = two
+    for i in range(20):
+        await a.create_run(new_run(f"r{i}", workflow=WF))
+    await a.register_worker("a")
+    tokens = {c.run_id: c.token for c in await a.claim("a", [WF], T0, 100)}
+    tokens["r7"] -= 1  # as a worker that lost r7 would hold it
+
+    async def append(run_id: str) -> object:
+        entry = Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": run_id})
+        try:
+            await a.append(run_id, tokens[run_id], [entry])
+        except LeaseLost as exc:
+            return exc
+        return None
+
+    outcomes = dict(zip(tokens, await asyncio.gather(*map(append, tokens)), strict=True))
+    assert {r for r, o in outcomes.items() if o is not None} == {"r7"}
+    for run_id in tokens:
+        assert len(await a.read_journal(run_id)) == (1 if run_id == "r7" else 2)
+
+
 async def test_a_write_whose_reply_was_lost_is_found_not_repeated(
     two: tuple[PostgresStore, PostgresStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -328,7 +352,7 @@ async def test_a_write_whose_reply_was_lost_is_found_not_repeated(
         return wrapper
 
     monkeypatch.setattr(_postgres_claims, "claim", lose_the_first_reply(_postgres_claims.claim))
-    monkeypatch.setattr(_postgres_writes, "fast_append", lose_the_first_reply(_postgres_writes.fast_append))
+    monkeypatch.setattr(_postgres_batch, "_append_many", lose_the_first_reply(_postgres_batch._append_many))
     [claim] = await a.claim("a", [WF], T0, 10)
     await a.append("r1", claim.token, [Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": 1})])
     assert [e.seq for e in await a.read_journal("r1")] == [1, 2]
@@ -349,7 +373,7 @@ async def test_a_run_whose_write_failed_for_good_is_released(postgres_url: str, 
             raise ConnectionRefusedError(111, "Connect call failed")
 
         with monkeypatch.context() as patch:
-            patch.setattr(_postgres_writes, "fast_append", unreachable)
+            patch.setattr(_postgres_batch, "_append_many", unreachable)
             with pytest.raises(StoreError, match="unreachable"):
                 await a.append("r1", claim.token, [Entry(2, j.SIDE_EFFECT, T0, {})])
         # a is alive and heartbeating, yet the run it dropped is released to others.
