@@ -36,9 +36,9 @@ import attrs
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry, decode_value, encode_value
-from replay.stores._postgres_reads import RUN_COLUMNS, TERMINAL_SQL, Conn, first_match, get_run, run_info
+from replay.stores._postgres_reads import TERMINAL_SQL, Conn, first_match, get_run
 from replay.stores._sqlite_writes import PreparedRun, PreparedUpdate
-from replay.stores.base import TERMINAL_STATUSES, EventRecord, Notice, RunInfo, contains
+from replay.stores.base import TERMINAL_STATUSES, Notice, RunInfo
 
 __all__ = (
     "NOTIFY_LIMIT",
@@ -46,12 +46,10 @@ __all__ = (
     "Tx",
     "append",
     "create_run",
+    "one_row",
     "refused",
+    "wake",
     "fast_create",
-    "request_cancel",
-    "requeue",
-    "send_event",
-    "unregister",
 )
 
 #: Entries whose append changes more than the journal (waits, children, cancellation, the end).
@@ -104,7 +102,7 @@ class Tx:
             )
 
 
-def _row(row: asyncpg.Record | None) -> asyncpg.Record:
+def one_row(row: asyncpg.Record | None) -> asyncpg.Record:
     """The row a statement always returns (its table is locked or it is ours)."""
     if row is None:
         raise ReplayInternalError("a statement that always returns a row returned none")
@@ -129,7 +127,7 @@ async def fast_create(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, bool] | N
     run = prepared.run
     tx.notice("ready", run.run_id)
     payload = tx.payload(tx.notices[-1])
-    inserted, _ = _row(
+    inserted, _ = one_row(
         await tx.conn.fetchrow(
             f"WITH r AS ({_INSERT_RUN}),"
             " j AS (INSERT INTO journal (run_id, seq, entry) SELECT run_id, 1, $9 FROM r),"
@@ -325,8 +323,10 @@ async def _track(tx: Tx, run_id: str, entries: Sequence[Entry]) -> None:
         await conn.execute("UPDATE runs SET cancel_delivered = true WHERE run_id = $1", run_id)
     if terminal:
         # Only a journaled end closes waits: a run parked as failed keeps them for a retry.
-        await conn.execute("DELETE FROM waits WHERE run_id = $1", run_id)
-        await conn.execute("DELETE FROM awaited_children WHERE run_id = $1", run_id)
+        await conn.execute(
+            "WITH w AS (DELETE FROM waits WHERE run_id = $1) DELETE FROM awaited_children WHERE run_id = $1",
+            run_id,
+        )
 
 
 async def _update(tx: Tx, run_id: str, prepared: PreparedUpdate, at: float, parent_id: str | None) -> None:
@@ -336,11 +336,11 @@ async def _update(tx: Tx, run_id: str, prepared: PreparedUpdate, at: float, pare
     sets = ["updated_at = $2"]
     params: list[Any] = [run_id, at]
     if update.status is not None:
-        wake = update.wake_at
+        due = update.wake_at
         if update.status == "suspended" and await _has_news(tx.conn, run_id):
             # News that reached the owner while it was suspending must not be lost.
-            wake = at if wake is None else min(at, wake)
-        params += [update.status, wake]
+            due = at if due is None else min(at, due)
+        params += [update.status, due]
         sets += [f"status = ${len(params) - 1}", f"wake_at = ${len(params)}"]
         if update.status in TERMINAL_STATUSES:
             sets.append("ended_at = clock_timestamp()")
@@ -350,7 +350,7 @@ async def _update(tx: Tx, run_id: str, prepared: PreparedUpdate, at: float, pare
             sets.append(f"{column} = ${len(params)}")
     if update.release:
         sets.append("owner = NULL")
-    status, wake_at = _row(
+    status, wake_at = one_row(
         await tx.conn.fetchrow(
             f"UPDATE runs SET {', '.join(sets)} WHERE run_id = $1 RETURNING status, wake_at", *params
         )
@@ -358,7 +358,7 @@ async def _update(tx: Tx, run_id: str, prepared: PreparedUpdate, at: float, pare
     if status in TERMINAL_STATUSES:
         tx.notice("finished", run_id)
         if parent_id is not None:
-            await _wake(tx, [parent_id], at)
+            await wake(tx, [parent_id], at)
     elif (status == "suspended" and wake_at is not None) or status == "pending":
         tx.notice("ready", run_id)
 
@@ -380,7 +380,7 @@ async def _has_news(conn: Conn, run_id: str) -> bool:
     return False
 
 
-async def _wake(tx: Tx, run_ids: list[str], at: float) -> None:
+async def wake(tx: Tx, run_ids: list[str], at: float) -> None:
     """Make suspended runs due by ``at``; tell a running run's owner it has news.
 
     The UPDATE locks each row, which is what orders a wake-up against a
@@ -397,78 +397,3 @@ async def _wake(tx: Tx, run_ids: list[str], at: float) -> None:
             tx.notice("ready", run_id)
         elif status == "running":
             tx.notice("news", run_id)
-
-
-# -- cancellation, requeue, events, workers ------------------------------------------------
-
-
-async def request_cancel(tx: Tx, run_id: str, at: float) -> RunInfo | None:
-    """Flag a run for cancellation and wake it."""
-    flagged = await tx.conn.fetchval(
-        "UPDATE runs SET cancel_requested = true WHERE run_id = $1"
-        f" AND status NOT IN {TERMINAL_SQL} AND NOT cancel_requested RETURNING run_id",
-        run_id,
-    )
-    if flagged is not None:
-        await _wake(tx, [run_id], at)
-        await tx.publish()
-    return await get_run(tx.conn, run_id)
-
-
-async def requeue(tx: Tx, run_id: str, at: float) -> RunInfo | None:
-    """Put a failed run back to pending, its error cleared."""
-    row = await tx.conn.fetchrow(
-        "UPDATE runs SET status = 'pending', error = NULL, wake_at = NULL, owner = NULL, ended_at = NULL,"
-        f" updated_at = $2 WHERE run_id = $1 AND status = 'failed' RETURNING {RUN_COLUMNS}",
-        run_id,
-        at,
-    )
-    if row is None:
-        return await get_run(tx.conn, run_id)
-    tx.notice("ready", run_id)
-    await tx.publish()
-    return run_info(row)
-
-
-async def send_event(tx: Tx, event: EventRecord, data: bytes) -> tuple[EventRecord, bool]:
-    """Store an event unless its id exists, and wake the runs with a matching wait."""
-    conn = tx.conn
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", tx.events_lock)
-    # Under the lock, positions are given in commit order and without gaps.
-    position = await conn.fetchval(
-        "INSERT INTO events (position, id, name, data, at)"
-        " SELECT COALESCE(max(position), 0) + 1, $1, $2, $3, $4 FROM events"
-        " ON CONFLICT (id) DO NOTHING RETURNING position",
-        event.id,
-        event.name,
-        data,
-        event.at,
-    )
-    if position is None:
-        row = _row(await conn.fetchrow("SELECT position, name, data, at FROM events WHERE id = $1", event.id))
-        return EventRecord(event.id, row[1], decode_value(row[2]), row[3], row[0]), False
-    stored = attrs.evolve(event, position=position)
-    waits = await conn.fetch(
-        "SELECT run_id, match, timeout_at FROM waits WHERE name = $1 AND after < $2", event.name, position
-    )
-    woken = {
-        run_id
-        for run_id, match, timeout_at in waits
-        if (timeout_at is None or event.at <= timeout_at) and contains(event.data, decode_value(match))
-    }
-    if woken:
-        await _wake(tx, list(woken), event.at)
-    await tx.publish()
-    return stored, True
-
-
-async def unregister(tx: Tx, worker_id: str) -> None:
-    """A worker stops: release what it owns; its running runs become claimable."""
-    rows = await tx.conn.fetch(
-        "UPDATE runs SET owner = NULL WHERE owner = $1 RETURNING run_id, status", worker_id
-    )
-    await tx.conn.execute("DELETE FROM workers WHERE worker_id = $1", worker_id)
-    for run_id, status in rows:
-        if status == "running":
-            tx.notice("ready", run_id)
-    await tx.publish()

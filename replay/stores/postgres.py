@@ -35,10 +35,11 @@ How it works:
   Workers also poll every ``poll_interval`` (1 s), and arm a timer for the next
   ``wake_at``, so timers fire on time in every process (``_postgres_control``).
 - **Failures.** A call that fails because the connection broke or the server
-  is restarting is retried on a new connection, with a backoff from 50 ms to
-  1 s, for up to ``retry`` seconds. A write whose COMMIT may or may not have
-  landed is checked before it is retried: each write stores a random op id in
-  the rows it fences on, so finding it means the write landed.
+  is restarting is retried on a new connection for up to ``retry`` seconds; a
+  write whose COMMIT may have landed is checked before it is retried; a write
+  goes on to its end even when its caller is cancelled (``_postgres_plumbing``).
+- **Group commit.** Plain appends of many runs share one statement and one
+  commit (``_postgres_batch``).
 - **Schema.** Versioned migrations, applied in one transaction under an
   advisory lock; a schema from a newer replay, or one that is not replay's,
   raises ``SchemaError`` and is left unchanged (``_postgres_schema``).
@@ -47,28 +48,27 @@ How it works:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
-import random
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 import attrs
 
-from replay.errors import LeaseLost, ReplayInternalError, StoreError
+from replay.errors import ReplayInternalError, StoreError
 from replay.journal import Entry, encode_entry, encode_value
 from replay.stores import _postgres_claims as claims
+from replay.stores import _postgres_events as events
 from replay.stores import _postgres_reads as reads
 from replay.stores import _postgres_writes as writes
-from replay.stores._postgres_batch import Batcher
-from replay.stores._postgres_control import TRANSIENT, Control
+from replay.stores._postgres_control import Control
+from replay.stores._postgres_plumbing import Plumbing, keep_session
 from replay.stores._postgres_reads import Conn
 from replay.stores._postgres_schema import prepare, quote
 from replay.stores._sqlite_writes import PreparedRun, PreparedUpdate
-from replay.stores.base import Claim, EventRecord, NewRun, Notice, RunInfo, RunUpdate, Store
+from replay.stores.base import Claim, EventRecord, NewRun, RunInfo, RunUpdate
 
 __all__ = ("PostgresStore", "parse_url")
 
@@ -109,7 +109,7 @@ def parse_url(url: str) -> tuple[str, dict[str, Any]]:
     return dsn, options
 
 
-class PostgresStore(Store):
+class PostgresStore(Plumbing):
     """A store in a PostgreSQL database, shared by many worker processes. See the module docstring.
 
     Args:
@@ -122,25 +122,13 @@ class PostgresStore(Store):
     notices_span_processes = True
 
     def __init__(self, url: str, *, lease: float | None = None, schema: str | None = None) -> None:
-        super().__init__()
         dsn, options = parse_url(url)
+        super().__init__(schema if schema is not None else options["schema"], options["retry"])
         self.url = url
         self.dsn = dsn
         self.lease: float = lease if lease is not None else options["lease"]
-        self.schema: str = schema if schema is not None else options["schema"]
         self.pool_size: int = options["pool"]
-        self.retry: float = options["retry"]
         self.timeout: float = options["timeout"]
-        digest = hashlib.blake2b(self.schema.encode(), digest_size=8).digest()
-        channel = f"replay:{self.schema}"
-        self.channel = channel if len(channel.encode()) < 64 else f"replay:{digest.hex()}"
-        self._events_lock = int.from_bytes(digest, "big", signed=True)
-        self._rng = random.Random()
-        self.origin = f"{self._rng.getrandbits(64):016x}"
-        self._pool: asyncpg.Pool | None = None
-        self._control: Control | None = None
-        self._writes: set[asyncio.Future[Any]] = set()
-        self._batcher = Batcher(self._write, self._strand)
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.schema!r}>"
@@ -167,7 +155,7 @@ class PostgresStore(Store):
                 max_size=self.pool_size,
                 command_timeout=self.timeout,
                 server_settings=settings,
-                reset=_keep_session,
+                reset=keep_session,
             ),
         )
         try:
@@ -206,123 +194,6 @@ class PostgresStore(Store):
                     await pool.close()
             except TimeoutError:
                 pool.terminate()
-
-    # -- plumbing ----------------------------------------------------------------------
-
-    def _tx(self, conn: Conn) -> writes.Tx:
-        return writes.Tx(conn, self.channel, self.origin, self._events_lock, self._rng.getrandbits(63))
-
-    def _deliver(self, notices: Sequence[Notice]) -> None:
-        for notice in notices:
-            self.notify(notice.kind, notice.run_id)
-
-    def _open_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise StoreError(f"{self!r} is not open: call `await store.open()` first")
-        return self._pool
-
-    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``attempt()``, again after each transient failure, for up to ``retry`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry
-        delay = 0.05
-        while True:
-            try:
-                return await attempt()
-            except TRANSIENT as exc:
-                # Only the first failure of a call is worth a warning: a restart fails
-                # every call in flight a few times over.
-                report = log.warning if delay == 0.05 else log.debug
-                if self._pool is not None and not isinstance(exc, asyncpg.TransactionRollbackError):
-                    await self._pool.expire_connections()  # after a restart, every idle connection is dead
-                if loop.time() + delay > deadline:
-                    raise StoreError(f"{what} failed: the database is unreachable ({exc!r})") from exc
-                report("%s failed (%r); retrying for up to %.0f s", what, exc, deadline - loop.time())
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
-    async def _read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        async def attempt() -> T:
-            async with self._open_pool().acquire() as conn:
-                return await fn(conn, *args)
-
-        return await self._retrying(f"reading the PostgreSQL store ({fn.__name__})", attempt)
-
-    async def _write(
-        self,
-        what: str,
-        fn: Callable[[writes.Tx], Awaitable[T]],
-        *,
-        transaction: bool = True,
-        landed: Callable[[Conn, int], Awaitable[T | None]] | None = None,
-        failed: Callable[[list[int]], None] | None = None,
-    ) -> T:
-        """Run ``fn`` in a transaction, retried; notices reach listeners after the COMMIT.
-
-        ``landed(conn, op_id)`` tells, after a failure that may have come after
-        the COMMIT, whether the write landed (returning its result) or not (None).
-        ``failed(op_ids)`` hears of a write that failed for good (not ``LeaseLost``).
-        """
-        tries: list[writes.Tx] = []
-
-        async def attempt() -> T:
-            async with self._open_pool().acquire() as conn:
-                if tries and landed is not None:
-                    done = await landed(conn, tries[-1].op_id)
-                    if done is not None:
-                        self._deliver(tries[-1].notices)
-                        return done
-                tx = self._tx(conn)
-                tries.append(tx)
-                if transaction:
-                    async with conn.transaction():
-                        result = await fn(tx)
-                else:
-                    result = await fn(tx)
-            self._deliver(tx.notices)
-            return result
-
-        async def write() -> T:
-            try:
-                try:
-                    return await self._retrying(f"{what} in the PostgreSQL store", attempt)
-                except asyncpg.PostgresError as exc:
-                    raise StoreError(f"the PostgreSQL store refused {what}: {exc}") from exc
-            except LeaseLost:
-                raise
-            except StoreError:
-                if failed is not None:
-                    failed([tx.op_id for tx in tries])
-                raise
-
-        # A caller that is cancelled (a worker halting) stops waiting, but the write
-        # goes on to its end, landed or not, rather than be cut off mid-statement:
-        # ``unregister_worker`` waits for it, so a halted worker writes nothing after.
-        task = asyncio.ensure_future(write())
-        self._writes.add(task)
-        task.add_done_callback(self._write_done)
-        return await asyncio.shield(task)
-
-    def _write_done(self, task: asyncio.Future[Any]) -> None:
-        self._writes.discard(task)
-        if not task.cancelled():
-            task.exception()  # its caller may have gone: the error is not news
-
-    async def _settle(self) -> None:
-        """Wait for the writes in flight, even those whose callers went away."""
-        await self._batcher.settle()
-        if self._writes:
-            await asyncio.wait(set(self._writes))
-
-    def _strand(self, run_id: str, token: int) -> None:
-        """A write for this run failed for good: its driver drops it, so release it.
-
-        The run is released as soon as the database answers again, rather than
-        left "running" under a live worker until that worker's lease ends.
-        """
-        if self._control is not None:
-            self._control.stranded_runs.add((run_id, token))
-            self._control.kick()
 
     # -- clients -----------------------------------------------------------------------
 
@@ -365,11 +236,11 @@ class PostgresStore(Store):
 
     async def request_cancel(self, run_id: str, at: float) -> RunInfo | None:
         """Flag a run for cancellation and wake it."""
-        return await self._write("cancelling a run", lambda tx: writes.request_cancel(tx, run_id, at))
+        return await self._write("cancelling a run", lambda tx: events.request_cancel(tx, run_id, at))
 
     async def requeue(self, run_id: str, at: float) -> RunInfo | None:
         """Put a failed run back to pending."""
-        return await self._write("requeueing a run", lambda tx: writes.requeue(tx, run_id, at))
+        return await self._write("requeueing a run", lambda tx: events.requeue(tx, run_id, at))
 
     async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
         """Store an event (idempotent on its id) and wake the runs waiting for it."""
@@ -382,7 +253,7 @@ class PostgresStore(Store):
             return attrs.evolve(event, position=row[0]), True
 
         return await self._write(
-            "sending an event", lambda tx: writes.send_event(tx, event, data), landed=sent
+            "sending an event", lambda tx: events.send_event(tx, event, data), landed=sent
         )
 
     # -- workers -----------------------------------------------------------------------
@@ -405,7 +276,7 @@ class PostgresStore(Store):
         if self._control is not None:
             self._control.workers.pop(worker_id, None)
         await self._settle()  # what the worker had begun lands (or fails) before its runs go
-        await self._write("unregistering a worker", lambda tx: writes.unregister(tx, worker_id))
+        await self._write("unregistering a worker", lambda tx: events.unregister(tx, worker_id))
 
     async def claim(self, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
         """Own up to ``limit`` claimable runs of these workflows."""
@@ -464,17 +335,6 @@ class PostgresStore(Store):
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
         """The earliest ``wake_at`` among suspended runs of these workflows."""
         return await self._read(reads.next_wake_at, tuple(workflows))
-
-
-async def _keep_session(_conn: Conn) -> None:
-    """Hand a connection back to the pool as it is.
-
-    asyncpg's default resets every connection it gets back (``RESET ALL``,
-    ``UNLISTEN *``...): one more round trip per call. The store's pool
-    connections change no session state (no LISTEN, no SET, only
-    transaction-level advisory locks), and an open transaction is still rolled
-    back by asyncpg before this is called.
-    """
 
 
 async def _get(conn: Conn, run_id: str) -> RunInfo:
