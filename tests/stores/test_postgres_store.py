@@ -8,6 +8,7 @@ a wait is on an event with a timeout, or a condition polled with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,14 +66,24 @@ class Ear:
         await heard(self.seen, Notice(kind, run_id), self.event)  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def opened(a: PostgresStore, b: PostgresStore) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one schema, as two processes would have; closed on the way out."""
+    await a.open()
+    try:
+        await b.open()
+        try:
+            yield a, b
+        finally:
+            await b.close()
+    finally:
+        await a.close()
+
+
 @pytest.fixture
 async def two(postgres_url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
-    await a.open()
-    await b.open()
-    yield a, b
-    await a.close()
-    await b.close()
+    async with opened(PostgresStore(postgres_url), PostgresStore(postgres_url)) as stores:
+        yield stores
 
 
 async def admin(url: str, sql: str, *args: Any) -> Any:
@@ -102,6 +113,18 @@ def test_open_store_knows_both_schemes() -> None:
     for scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         store = open_store(f"{scheme}://db/app?lease=7")
         assert isinstance(store, PostgresStore) and store.lease == 7.0
+
+
+def test_without_asyncpg_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    for name in [
+        m for m in sys.modules if m.startswith("replay.stores._postgres") or m == "replay.stores.postgres"
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"pip install 'replay\[postgresql\]'"):
+        open_store("postgresql://db/app")
 
 
 # -- schemas --------------------------------------------------------------------------------
@@ -161,11 +184,7 @@ async def test_concurrent_claims_never_overlap(two: tuple[PostgresStore, Postgre
 
 
 async def test_a_worker_past_its_lease_is_taken_over_and_fenced(postgres_url: str) -> None:
-    a = PostgresStore(postgres_url, lease=1)
-    b = PostgresStore(postgres_url, lease=1)
-    await a.open()
-    await b.open()
-    try:
+    async with opened(PostgresStore(postgres_url, lease=1), PostgresStore(postgres_url, lease=1)) as (a, b):
         await a.register_worker("a")
         await b.register_worker("b")
         await a.create_run(new_run("r1", workflow=WF))
@@ -181,17 +200,10 @@ async def test_a_worker_past_its_lease_is_taken_over_and_fenced(postgres_url: st
             await a.append("r1", claim.token, [Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": 1})])
         await b.append("r1", taken.token, [Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": 2})])
         assert [e.data.get("value") for e in await b.read_journal("r1")] == [None, 2]
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_worker_whose_process_died_is_taken_over_before_its_lease_ends(postgres_url: str) -> None:
-    a = PostgresStore(postgres_url, lease=600)
-    b = PostgresStore(postgres_url)
-    await a.open()
-    await b.open()
-    try:
+    async with opened(PostgresStore(postgres_url, lease=600), PostgresStore(postgres_url)) as (a, b):
         await a.register_worker("a")
         await b.register_worker("b")
         await a.create_run(new_run("r1", workflow=WF))
@@ -200,9 +212,6 @@ async def test_a_worker_whose_process_died_is_taken_over_before_its_lease_ends(p
         await a.close()  # its sessions end, as a killed process's do; its row still says "a", alive
         [taken] = await eventually(lambda: b.claim("b", [WF], T0, 10), "the server to end a's session")
         assert taken.run_id == "r1" and taken.token > claim.token
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_live_worker_id_cannot_be_taken_by_another_store(
@@ -262,11 +271,9 @@ async def test_result_in_a_client_with_no_worker_hears_of_the_end(postgres_url: 
 
 async def test_the_store_reconnects_after_its_connections_are_killed(postgres_url: str) -> None:
     name = f"replay-test-{uuid.uuid4().hex[:8]}"
-    a = PostgresStore(f"{postgres_url}&application_name={name}")
-    b = PostgresStore(postgres_url)
-    await a.open()
-    await b.open()
-    try:
+    async with opened(
+        PostgresStore(f"{postgres_url}&application_name={name}"), PostgresStore(postgres_url)
+    ) as (a, b):
         ear = Ear(a)
         await a.create_run(new_run("r1", workflow=WF))
         await a.register_worker("a")
@@ -287,9 +294,6 @@ async def test_the_store_reconnects_after_its_connections_are_killed(postgres_ur
             return True if any(n.run_id.startswith("probe-") for n in ear.seen) else None
 
         await eventually(listening_again, "a to LISTEN again")
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_after_a_reconnect_runs_that_ended_meanwhile_are_announced(
@@ -359,11 +363,7 @@ async def test_a_write_whose_reply_was_lost_is_found_not_repeated(
 
 
 async def test_a_run_whose_write_failed_for_good_is_released(postgres_url: str, monkeypatch: Any) -> None:
-    a = PostgresStore(f"{postgres_url}&retry=0.2")
-    b = PostgresStore(postgres_url)
-    await a.open()
-    await b.open()
-    try:
+    async with opened(PostgresStore(f"{postgres_url}&retry=0.2"), PostgresStore(postgres_url)) as (a, b):
         await a.create_run(new_run("r1", workflow=WF))
         await a.register_worker("a")
         await b.register_worker("b")
@@ -379,6 +379,3 @@ async def test_a_run_whose_write_failed_for_good_is_released(postgres_url: str, 
         # a is alive and heartbeating, yet the run it dropped is released to others.
         [taken] = await eventually(lambda: b.claim("b", [WF], T0, 10), "the run to be released")
         assert taken.run_id == "r1"
-    finally:
-        await a.close()
-        await b.close()
