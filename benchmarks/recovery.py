@@ -4,12 +4,20 @@ process ~1 s in; start a fresh one; seconds from its start until all complete.
 Also counted: steps whose completion was journaled before the kill and that
 ran again (must be 0), and steps in flight at the kill that ran again.
 
-    python benchmarks/recovery.py [--runs 200] [--steps 20] [--kill-after 1.0] [--repeat 3]
+    python benchmarks/recovery.py [--store URL] [--workers N] [--runs 200] [--steps 20]
+                                  [--kill-after 1.0] [--repeat 3]
+
+Default store: a fresh SQLite file. A PostgreSQL URL gets a fresh schema per run,
+dropped afterwards; there, ``--workers N`` runs N worker processes from the
+start and kills the first one, so N - 1 survivors and the fresh process finish
+the work. The killed worker's runs wait out its lease (``?lease=``, 5 s by
+default) before anyone may take them over.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sqlite3
@@ -21,6 +29,7 @@ import time
 from pathlib import Path
 
 from _common import report
+from _postgres import is_postgres, scratch
 
 HERE = Path(__file__).parent
 
@@ -28,9 +37,8 @@ WORKER = """
 import asyncio, os, sys, time
 sys.path.insert(0, {here!r})
 import replay
-from replay.stores.sqlite import SqliteStore
 
-app = replay.App("bench-recovery", store=SqliteStore({url!r}))
+app = replay.App("bench-recovery", store={url!r})
 log = open({log!r}, "a", buffering=1)
 
 @app.step()
@@ -58,10 +66,8 @@ asyncio.run(main())
 """
 
 
-def spawn(db: Path, log: Path, runs: int, steps: int, start: bool) -> tuple[subprocess.Popen[str], float]:
-    code = WORKER.format(
-        here=str(HERE), url=f"sqlite:///{db}", log=str(log), start=start, runs=runs, steps=steps
-    )
+def spawn(url: str, log: Path, runs: int, steps: int, start: bool) -> tuple[subprocess.Popen[str], float]:
+    code = WORKER.format(here=str(HERE), url=url, log=str(log), start=start, runs=runs, steps=steps)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().split()
@@ -69,38 +75,58 @@ def spawn(db: Path, log: Path, runs: int, steps: int, start: bool) -> tuple[subp
     return proc, time.time()
 
 
-def completed(db: Path) -> set[tuple[str, int]]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT run_id, entry FROM journal").fetchall()
+def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    """The rows of a read of the store at ``url``, without going through replay."""
+    if not is_postgres(url):
+        with sqlite3.connect(f"file:{url.split(':///', 1)[1]}?mode=ro", uri=True) as conn:
+            return conn.execute(sql).fetchall()
+    import asyncpg
+
+    from replay.stores.postgres import parse_url
+
+    async def fetch() -> list[tuple[object, ...]]:
+        dsn, options = parse_url(url)
+        conn = await asyncpg.connect(dsn, server_settings={"search_path": options["schema"]})
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def completed(url: str) -> set[tuple[str, int]]:
     done = set()
-    for run_id, entry in rows:
-        if b'"step_completed"' in entry:
-            seq = int(entry.split(b'"op":', 1)[1].split(b",", 1)[0].split(b"}", 1)[0])
-            done.add((run_id, seq))
+    for run_id, entry in _rows(url, "SELECT run_id, entry FROM journal"):
+        blob = bytes(entry)  # type: ignore[arg-type]
+        if b'"step_completed"' in blob:
+            seq = int(blob.split(b'"op":', 1)[1].split(b",", 1)[0].split(b"}", 1)[0])
+            done.add((str(run_id), seq))
     return done
 
 
-def finished(db: Path) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        (n,) = conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'completed'").fetchone()
-    return int(n)
+def finished(url: str) -> int:
+    [(n,)] = _rows(url, "SELECT COUNT(*) FROM runs WHERE status = 'completed'")
+    return int(n)  # type: ignore[call-overload]
 
 
-def once(runs: int, steps: int, kill_after: float) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        db, log = Path(tmp) / "w3.db", Path(tmp) / "steps.log"
-        first, _ = spawn(db, log, runs, steps, start=True)
+def once(store: str | None, workers: int, runs: int, steps: int, kill_after: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp, scratch(store or f"sqlite:///{Path(tmp) / 'w3.db'}") as url:
+        log = Path(tmp) / "steps.log"
+        first, _ = spawn(url, log, runs, steps, start=True)
+        others = [spawn(url, log, runs, steps, start=False)[0] for _ in range(workers - 1)]
         time.sleep(kill_after)
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         before = log.read_text().splitlines()
-        done = completed(db)
-        second, ready = spawn(db, log, runs, steps, start=False)
-        while finished(db) < runs:
+        done = completed(url)
+        second, ready = spawn(url, log, runs, steps, start=False)
+        while finished(url) < runs:
             time.sleep(0.005)
         recovery = time.time() - ready
-        second.kill()
-        second.wait()
+        for proc in (second, *others):
+            proc.kill()
+            proc.wait()
         after = log.read_text().splitlines()[len(before) :]
     rerun_completed = sum(1 for line in after if (line.split()[0], int(line.split()[1])) in done)
     in_flight = {(x.split()[0], int(x.split()[1])) for x in before} - done
@@ -119,8 +145,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--kill-after", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--store", default=None)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes before the kill")
     args = parser.parse_args()
-    results = [once(args.runs, args.steps, args.kill_after) for _ in range(args.repeat)]
+    results = [
+        once(args.store, args.workers, args.runs, args.steps, args.kill_after) for _ in range(args.repeat)
+    ]
     figures = {
         "workflows": args.runs,
         "steps": args.steps,
@@ -130,7 +160,9 @@ def main() -> None:
         "completed_before_kill": [r["completed_before_kill"] for r in results],
         "recoveries_s": [r["recovery_s"] for r in results],
     }
-    report("W3 recovery", "sqlite", figures)
+    if args.workers > 1:
+        figures["worker_processes"] = args.workers
+    report("W3 recovery", (args.store or "sqlite://").split("://")[0], figures)
 
 
 if __name__ == "__main__":

@@ -1,35 +1,44 @@
 """W1: start 200 workflows at once, each 10 sequential steps; steps/s until all complete.
 
-    python benchmarks/steps_throughput.py [--store sqlite:///PATH] [--runs 200] [--steps 10] [--repeat 3]
+    python benchmarks/steps_throughput.py [--store URL] [--workers N] [--runs 200] [--steps 10] [--repeat 3]
 
 Default store: a fresh SQLite file in a temporary directory, synchronous=FULL.
+A PostgreSQL URL gets a fresh schema per run, dropped afterwards. With
+``--workers N`` the steps run in N worker processes and this process is only
+the client (it starts the runs and waits for their results); without it, one
+worker runs in this process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
 from pathlib import Path
 
 from _apps import app, chain
 from _common import report
+from _postgres import scratch, worker_processes
 
 from replay.stores import open_store
 
 
-async def once(url: str, runs: int, steps: int) -> float:
+async def once(url: str, runs: int, steps: int, workers: int = 0) -> float:
     store = open_store(url)
     await store.open()
     previous = app.use_store(store)
     try:
-        async with app.worker():
-            started = time.perf_counter()
-            handles = await asyncio.gather(*(app.start(chain, steps) for _ in range(runs)))
-            for handle in handles:
-                assert await handle.result(timeout=120) == steps
-            elapsed = time.perf_counter() - started
+        with worker_processes(url, workers):
+            async with contextlib.AsyncExitStack() as stack:
+                if not workers:
+                    await stack.enter_async_context(app.worker())
+                started = time.perf_counter()
+                handles = await asyncio.gather(*(app.start(chain, steps) for _ in range(runs)))
+                for handle in handles:
+                    assert await handle.result(timeout=120) == steps
+                elapsed = time.perf_counter() - started
     finally:
         app.restore_store(previous)
         await store.close()
@@ -42,14 +51,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one in this process)")
     args = parser.parse_args()
     rates = []
     for i in range(args.repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            url = args.store or f"sqlite:///{Path(tmp) / f'w1-{i}.db'}"
-            rates.append(round(asyncio.run(once(url, args.runs, args.steps))))
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            scratch(args.store or f"sqlite:///{Path(tmp) / f'w1-{i}.db'}") as url,
+        ):
+            rates.append(round(asyncio.run(once(url, args.runs, args.steps, args.workers))))
     kind = (args.store or "sqlite://").split("://")[0]
     figures = {"workflows": args.runs, "steps": args.steps, "steps_per_s": sorted(rates)[len(rates) // 2]}
+    if args.workers:
+        figures["worker_processes"] = args.workers
     report("W1 steps/s", kind, figures, runs=[float(r) for r in rates])
 
 

@@ -97,8 +97,23 @@ class RunDriver:
             raise
         except Exception:
             log.exception("run %s: the worker failed while driving it; it will be retried", self.run_id)
+            await self._retry_later()
         finally:
             self._cleanup()
+
+    async def _retry_later(self) -> None:
+        """Hand back a run dropped after an error, due again in a second.
+
+        Left as it was, the run would stay "running" under this live worker and
+        no worker would claim it until this one stops. The delay keeps a run that
+        fails every time from spinning. If the store cannot take even this, the
+        store itself releases it once it can (or the lease runs out).
+        """
+        update = RunUpdate(status="suspended", wake_at=self.clock.now() + 1.0, release=True)
+        try:
+            await self.store.append(self.run_id, self.claim.token, [], update)
+        except Exception:  # noqa: BLE001 - already failing; the cause is logged above
+            log.warning("run %s could not be handed back; it waits for its lease to end", self.run_id)
 
     def _cleanup(self) -> None:
         self.closed = True

@@ -287,22 +287,32 @@ class App:
         store = await self.store()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        poll = 0.05
+        # Notices cover this process. A store whose notices span processes tells of
+        # every run's end, so a read every half minute only guards against a lost
+        # one; with any other store, workers in other processes are seen by polling.
+        poll, most = (30.0, 30.0) if store.notices_span_processes else (0.05, 1.0)
         while True:
-            info = await store.get_run(run_id)
-            if info is None:
-                raise RunNotFound(f"no run with id {run_id!r}")
-            if info.status in TERMINAL_STATUSES:
-                return info
+            # Listen before looking: an end between the read and the wait is not missed.
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.setdefault(run_id, []).append(fut)
-            # Notices cover this process; the poll covers workers in other processes.
-            wait = poll if deadline is None else min(poll, deadline - loop.time())
-            if wait <= 0:
-                raise TimeoutError(f"run {run_id!r} did not finish in {timeout} s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, wait)
-            poll = min(poll * 2, 1.0)
+            try:
+                info = await store.get_run(run_id)
+                if info is None:
+                    raise RunNotFound(f"no run with id {run_id!r}")
+                if info.status in TERMINAL_STATUSES:
+                    return info
+                wait = poll if deadline is None else min(poll, deadline - loop.time())
+                if wait <= 0:
+                    raise TimeoutError(f"run {run_id!r} did not finish in {timeout} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fut, wait)
+            finally:
+                waiting = self._waiters.get(run_id, [])
+                if fut in waiting:
+                    waiting.remove(fut)
+                    if not waiting:
+                        del self._waiters[run_id]
+            poll = min(poll * 2, most)
 
     # -- the client ----------------------------------------------------------------------
 

@@ -12,7 +12,11 @@ __all__ = ("Store", "open_store")
 _BACKENDS = {
     "memory": ("replay.stores.memory", "MemoryStore"),
     "sqlite": ("replay.stores.sqlite", "SqliteStore"),
+    "postgresql": ("replay.stores.postgres", "PostgresStore"),
+    "postgres": ("replay.stores.postgres", "PostgresStore"),
 }
+# scheme -> (the driver it imports, the extra that installs it)
+_DRIVERS = {"postgresql": ("asyncpg", "postgresql"), "postgres": ("asyncpg", "postgresql")}
 
 
 def open_store(url: str) -> Store:
@@ -20,6 +24,7 @@ def open_store(url: str) -> Store:
 
     Raises:
         ValueError: the URL's scheme names no known store.
+        ImportError: the store's driver is not installed (the message names the extra).
     """
     if not isinstance(url, str) or "://" not in url:
         raise ValueError(f"a store URL looks like memory:// or sqlite:///path, got {url!r}")
@@ -28,6 +33,15 @@ def open_store(url: str) -> Store:
         known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
         raise ValueError(f"unknown store {url!r}: replay knows {known}")
     module_name, class_name = _BACKENDS[scheme]
-    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        driver, extra = _DRIVERS.get(scheme, ("", ""))
+        if not driver or exc.name != driver:
+            raise
+        raise ImportError(
+            f"the {scheme}:// store needs {driver}, which is not installed: pip install 'replay[{extra}]'"
+        ) from exc
+    cls = getattr(module, class_name)
     store: Store = cls(url)
     return store

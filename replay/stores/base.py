@@ -279,6 +279,10 @@ class Store(abc.ABC):
     #: How often a worker should also look for claimable runs, in seconds: for a
     #: store that other processes write to without notifying this one. None: never.
     poll_interval: float | None = None
+    #: Whether listeners also hear of what other processes do to the store (a run
+    #: that finishes in another process's worker, say), as PostgreSQL's LISTEN/NOTIFY
+    #: allows: then ``RunHandle.result`` waits for the notice instead of polling.
+    notices_span_processes: bool = False
 
     def __init__(self) -> None:
         self._listeners: list[Callable[[Notice], None]] = []

@@ -1,0 +1,166 @@
+"""The PostgreSQL store's claims and leases: who owns which run, and who is alive.
+
+A worker is alive while its row in ``workers`` has ``expires_at`` in the future,
+by the DATABASE's clock (``clock_timestamp()``), so the clocks of the workers'
+machines never enter into it. The store that registered a worker renews its
+lease (``heartbeat``) every third of the lease. A ``running`` run whose owner is
+not alive (its lease expired, it unregistered, or it never registered) can be
+claimed by any worker; every claim hands out a new token, which fences the old
+owner's appends (see ``_postgres_writes``).
+
+A worker is also dead, before its lease runs out, once the database session
+of its store's LISTEN connection is gone from the server it was registered on:
+when a process dies, however it dies, its kernel closes its sockets and the
+server ends their sessions at once. Only a session on the same server run
+counts (``pg_postmaster_start_time``): after a restart or a failover every
+session is new, and the leases decide. A paused process, or one cut off by the
+network, keeps its session open on the server: its lease decides too. Matching
+on the process id alone errs only one way: should a new session get the dead
+one's pid, the worker merely waits out its lease.
+
+Claims use ``FOR UPDATE SKIP LOCKED``: two workers claiming at once never wait
+for each other and never get the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from replay.stores._postgres_reads import Conn
+from replay.stores._postgres_writes import Tx
+from replay.stores.base import Claim
+
+__all__ = ("claim", "claimed", "heartbeat", "register", "release_stranded")
+
+# Order: runs whose owner is gone (they were running: finish them first), then due
+# timers (oldest first), then new runs (in creation order). Each CTE stops after
+# `limit` rows and later ones run only if the earlier ones came up short.
+_CLAIM = """
+WITH me AS (
+    INSERT INTO workers (worker_id, instance, heartbeat_at, expires_at)
+    VALUES ($4, '', '-infinity', '-infinity') ON CONFLICT (worker_id) DO NOTHING
+), dead AS (
+    SELECT worker_id FROM workers
+    WHERE expires_at <= clock_timestamp() OR (
+        server_start = pg_postmaster_start_time()
+        AND backend_pid NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL))
+), orphans AS (
+    SELECT run_id FROM runs
+    WHERE status = 'running' AND workflow = ANY($1::text[])
+        AND (owner IS NULL OR owner IN (SELECT worker_id FROM dead))
+    LIMIT $3 FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT run_id FROM runs
+    WHERE status = 'suspended' AND wake_at <= $2 AND workflow = ANY($1::text[])
+    ORDER BY wake_at LIMIT $3 FOR UPDATE SKIP LOCKED
+), fresh AS (
+    SELECT run_id FROM runs
+    WHERE status = 'pending' AND workflow = ANY($1::text[])
+    ORDER BY created_at, n LIMIT $3 FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT run_id FROM orphans UNION ALL SELECT run_id FROM due UNION ALL SELECT run_id FROM fresh
+    LIMIT $3
+)
+UPDATE runs r SET token = r.token + 1, owner = $4, status = 'running', wake_at = NULL,
+    updated_at = $2, op_id = $5
+FROM picked WHERE r.run_id = picked.run_id
+RETURNING r.run_id, r.workflow, r.token, r.cancel_requested
+"""
+
+
+async def claim(tx: Tx, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
+    """Own up to ``limit`` claimable runs of these workflows, in ONE statement.
+
+    A claimer that never registered gets a worker row that is already expired,
+    so that its runs can be taken over at once, as the contract wants.
+    """
+    names = list(dict.fromkeys(workflows))
+    if limit <= 0 or not names:
+        return []
+    rows = await tx.conn.fetch(_CLAIM, names, now, limit, worker_id, tx.op_id)
+    return [Claim(run_id, workflow, token, cancel) for run_id, workflow, token, cancel in rows]
+
+
+async def claimed(conn: Conn, worker_id: str, op_id: int) -> list[Claim]:
+    """The runs a claim with ``op_id`` took, if it committed (its caller lost the reply)."""
+    rows = await conn.fetch(
+        "SELECT run_id, workflow, token, cancel_requested FROM runs"
+        " WHERE owner = $1 AND op_id = $2 AND status = 'running'",
+        worker_id,
+        op_id,
+    )
+    return [Claim(run_id, workflow, token, cancel) for run_id, workflow, token, cancel in rows]
+
+
+async def register(conn: Conn, worker_id: str, instance: str, lease: float, session: int | None) -> bool:
+    """Start ``worker_id``'s lease; False if a live worker of another store holds that id.
+
+    ``session`` is the process id of the store's LISTEN session, if it is connected.
+    """
+    row = await conn.fetchval(
+        "INSERT INTO workers (worker_id, instance, heartbeat_at, expires_at, backend_pid, server_start)"
+        " VALUES ($1, $2, clock_timestamp(), clock_timestamp() + make_interval(secs => $3), $4,"
+        " pg_postmaster_start_time())"
+        " ON CONFLICT (worker_id) DO UPDATE SET instance = EXCLUDED.instance,"
+        " heartbeat_at = EXCLUDED.heartbeat_at, expires_at = EXCLUDED.expires_at,"
+        " backend_pid = EXCLUDED.backend_pid, server_start = EXCLUDED.server_start"
+        " WHERE workers.instance = EXCLUDED.instance OR workers.expires_at <= clock_timestamp()"
+        " RETURNING worker_id",
+        worker_id,
+        instance,
+        lease,
+        session,
+    )
+    return row is not None
+
+
+async def heartbeat(
+    conn: Conn, workers: Sequence[str], instance: str, lease: float
+) -> tuple[float, list[str]]:
+    """Renew the leases of this store's workers; returns the database's time and the lost ids.
+
+    A worker is lost when another store registered its id after its lease ran out.
+    Workers dead for a long while and owning no run are deleted on the way.
+    """
+    rows = await conn.fetch(
+        "WITH beat AS ("
+        " UPDATE workers SET heartbeat_at = clock_timestamp(),"
+        " expires_at = clock_timestamp() + make_interval(secs => $3),"
+        " backend_pid = pg_backend_pid(), server_start = pg_postmaster_start_time()"
+        " WHERE worker_id = ANY($1::text[]) AND instance = $2 RETURNING worker_id"
+        "), reaped AS ("
+        " DELETE FROM workers w WHERE expires_at < clock_timestamp() - make_interval(secs => $3 * 100)"
+        " AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.owner = w.worker_id)"
+        ") SELECT extract(epoch FROM clock_timestamp())::float8, worker_id FROM beat"
+        " UNION ALL SELECT extract(epoch FROM clock_timestamp())::float8, NULL",
+        list(workers),
+        instance,
+        lease,
+    )
+    renewed = {row[1] for row in rows}
+    return float(rows[0][0]), [w for w in workers if w not in renewed]
+
+
+async def release_stranded(tx: Tx, runs: Sequence[tuple[str, int]], claims: Sequence[int]) -> None:
+    """Give up runs whose writes failed for good, so they need not wait out the lease.
+
+    ``runs`` are (run id, token) pairs a driver dropped after a write it could not
+    finish; ``claims`` are the op ids of claims whose outcome was never learned.
+    A run is released only if the token (or the claim) is still the latest.
+    """
+    rows = await tx.conn.fetch(
+        "UPDATE runs r SET owner = NULL FROM unnest($1::text[], $2::bigint[]) AS s(run_id, token)"
+        " WHERE r.run_id = s.run_id AND r.token = s.token AND r.status = 'running'"
+        " AND r.owner IS NOT NULL RETURNING r.run_id",
+        [run_id for run_id, _ in runs],
+        [token for _, token in runs],
+    )
+    if claims:
+        rows += await tx.conn.fetch(
+            "UPDATE runs SET owner = NULL WHERE op_id = ANY($1::bigint[]) AND status = 'running'"
+            " AND owner IS NOT NULL RETURNING run_id",
+            list(claims),
+        )
+    for (run_id,) in rows:
+        tx.notice("ready", run_id)
+    await tx.publish()

@@ -1,0 +1,90 @@
+"""The PostgreSQL store's writes that wake runs: events, cancellations, requeues, a worker's exit.
+
+Each is a function of one open transaction (a ``Tx``); see ``_postgres_writes``
+for the locks that keep their wake-ups from being lost.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from replay.journal import decode_value
+from replay.stores._postgres_reads import RUN_COLUMNS, TERMINAL_SQL, get_run, run_info
+from replay.stores._postgres_writes import Tx, one_row, wake
+from replay.stores.base import EventRecord, RunInfo, contains
+
+__all__ = ("request_cancel", "requeue", "send_event", "unregister")
+
+
+async def request_cancel(tx: Tx, run_id: str, at: float) -> RunInfo | None:
+    """Flag a run for cancellation and wake it."""
+    flagged = await tx.conn.fetchval(
+        "UPDATE runs SET cancel_requested = true WHERE run_id = $1"
+        f" AND status NOT IN {TERMINAL_SQL} AND NOT cancel_requested RETURNING run_id",
+        run_id,
+    )
+    if flagged is not None:
+        await wake(tx, [run_id], at)
+        await tx.publish()
+    return await get_run(tx.conn, run_id)
+
+
+async def requeue(tx: Tx, run_id: str, at: float) -> RunInfo | None:
+    """Put a failed run back to pending, its error cleared."""
+    row = await tx.conn.fetchrow(
+        "UPDATE runs SET status = 'pending', error = NULL, wake_at = NULL, owner = NULL, ended_at = NULL,"
+        f" updated_at = $2 WHERE run_id = $1 AND status = 'failed' RETURNING {RUN_COLUMNS}",
+        run_id,
+        at,
+    )
+    if row is None:
+        return await get_run(tx.conn, run_id)
+    tx.notice("ready", run_id)
+    await tx.publish()
+    return run_info(row)
+
+
+async def send_event(tx: Tx, event: EventRecord, data: bytes) -> tuple[EventRecord, bool]:
+    """Store an event unless its id exists, and wake the runs with a matching wait."""
+    conn = tx.conn
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", tx.events_lock)
+    # Under the lock, positions are given in commit order and without gaps.
+    position = await conn.fetchval(
+        "INSERT INTO events (position, id, name, data, at)"
+        " SELECT COALESCE(max(position), 0) + 1, $1, $2, $3, $4 FROM events"
+        " ON CONFLICT (id) DO NOTHING RETURNING position",
+        event.id,
+        event.name,
+        data,
+        event.at,
+    )
+    if position is None:
+        row = one_row(
+            await conn.fetchrow("SELECT position, name, data, at FROM events WHERE id = $1", event.id)
+        )
+        return EventRecord(event.id, row[1], decode_value(row[2]), row[3], row[0]), False
+    stored = attrs.evolve(event, position=position)
+    waits = await conn.fetch(
+        "SELECT run_id, match, timeout_at FROM waits WHERE name = $1 AND after < $2", event.name, position
+    )
+    woken = {
+        run_id
+        for run_id, match, timeout_at in waits
+        if (timeout_at is None or event.at <= timeout_at) and contains(event.data, decode_value(match))
+    }
+    if woken:
+        await wake(tx, list(woken), event.at)
+    await tx.publish()
+    return stored, True
+
+
+async def unregister(tx: Tx, worker_id: str) -> None:
+    """A worker stops: release what it owns; its running runs become claimable."""
+    rows = await tx.conn.fetch(
+        "UPDATE runs SET owner = NULL WHERE owner = $1 RETURNING run_id, status", worker_id
+    )
+    await tx.conn.execute("DELETE FROM workers WHERE worker_id = $1", worker_id)
+    for run_id, status in rows:
+        if status == "running":
+            tx.notice("ready", run_id)
+    await tx.publish()
