@@ -30,12 +30,14 @@ from replay.stores._postgres_reads import Conn
 from replay.stores._postgres_writes import Tx
 from replay.stores.base import Claim
 
-__all__ = ("claim", "claimed", "heartbeat", "register", "release_stranded")
+__all__ = ("claim", "claim_gated", "claimed", "heartbeat", "register", "release_stranded")
 
-# Order: runs whose owner is gone (they were running: finish them first), then due
-# timers (oldest first), then new runs (in creation order). Each CTE stops after
-# `limit` rows and later ones run only if the earlier ones came up short.
-_CLAIM = """
+# Candidates, in the order every store claims them (``replay.stores.base``): runs
+# whose owner is gone, by priority then age; due suspended runs, by wake time;
+# pending runs that are due, by priority then age. Each CTE stops after $3 rows.
+# A run under a concurrency key whose slots all look taken is left out (the
+# count is re-checked under a lock before a slot is given: ``claim_gated``).
+_CANDIDATES = """
 WITH me AS (
     INSERT INTO workers (worker_id, instance, heartbeat_at, expires_at)
     VALUES ($4, '', '-infinity', '-infinity') ON CONFLICT (worker_id) DO NOTHING
@@ -45,31 +47,52 @@ WITH me AS (
         server_start = pg_postmaster_start_time()
         AND backend_pid NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL))
 ), orphans AS (
-    SELECT run_id FROM runs
+    SELECT run_id, 0 AS cat, -priority::float8 AS k, n, NULL::text AS key, 0 AS key_limit FROM runs
     WHERE status = 'running' AND workflow = ANY($1::text[])
         AND (owner IS NULL OR owner IN (SELECT worker_id FROM dead))
-    LIMIT $3 FOR UPDATE SKIP LOCKED
+    ORDER BY priority DESC, n LIMIT $3 FOR UPDATE SKIP LOCKED
 ), due AS (
-    SELECT run_id FROM runs
-    WHERE status = 'suspended' AND wake_at <= $2 AND workflow = ANY($1::text[])
-    ORDER BY wake_at LIMIT $3 FOR UPDATE SKIP LOCKED
+    SELECT run_id, 1 AS cat, wake_at AS k, n, concurrency_key AS key, concurrency_limit AS key_limit
+    FROM runs
+    WHERE status = 'suspended' AND wake_at <= $2 AND workflow = ANY($1::text[]) AND (
+        concurrency_key IS NULL OR concurrency_limit > (SELECT count(*) FROM runs x
+            WHERE x.status = 'running' AND x.concurrency_key = runs.concurrency_key))
+    ORDER BY wake_at, n LIMIT $3 FOR UPDATE SKIP LOCKED
 ), fresh AS (
-    SELECT run_id FROM runs
-    WHERE status = 'pending' AND workflow = ANY($1::text[])
-    ORDER BY created_at, n LIMIT $3 FOR UPDATE SKIP LOCKED
+    SELECT run_id, 2 AS cat, -priority::float8 AS k, n, concurrency_key AS key, concurrency_limit AS key_limit
+    FROM runs
+    WHERE status = 'pending' AND (wake_at IS NULL OR wake_at <= $2) AND workflow = ANY($1::text[]) AND (
+        concurrency_key IS NULL OR concurrency_limit > (SELECT count(*) FROM runs x
+            WHERE x.status = 'running' AND x.concurrency_key = runs.concurrency_key))
+    ORDER BY priority DESC, n LIMIT $3 FOR UPDATE SKIP LOCKED
+), ranked AS (
+    SELECT run_id, key, key_limit, row_number() OVER (ORDER BY cat, k, n) AS r
+    FROM (SELECT * FROM orphans UNION ALL SELECT * FROM due UNION ALL SELECT * FROM fresh) c
+)"""
+
+# The claim itself, in ONE statement when no candidate within reach is under a
+# concurrency key: it takes the candidates before the first such one, and says
+# (the last row) whether it stopped there, so that ``claim_gated`` goes on.
+_CLAIM = (
+    _CANDIDATES
+    + """, stop AS (
+    SELECT COALESCE(min(r), 9223372036854775807) AS s FROM ranked WHERE key IS NOT NULL
 ), picked AS (
-    SELECT run_id FROM orphans UNION ALL SELECT run_id FROM due UNION ALL SELECT run_id FROM fresh
-    LIMIT $3
+    SELECT run_id, r FROM ranked, stop WHERE r < stop.s AND r <= $3
+), claimed AS (
+    UPDATE runs u SET token = u.token + 1, owner = $4, status = 'running', wake_at = NULL,
+        updated_at = $2, op_id = $5
+    FROM picked WHERE u.run_id = picked.run_id
+    RETURNING picked.r, u.run_id, u.workflow, u.token, u.cancel_requested
 )
-UPDATE runs r SET token = r.token + 1, owner = $4, status = 'running', wake_at = NULL,
-    updated_at = $2, op_id = $5
-FROM picked WHERE r.run_id = picked.run_id
-RETURNING r.run_id, r.workflow, r.token, r.cancel_requested
+SELECT r, run_id, workflow, token, cancel_requested FROM claimed
+UNION ALL SELECT NULL, NULL, NULL, NULL, s <= $3 FROM stop
 """
+)
 
 
 async def claim(tx: Tx, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
-    """Own up to ``limit`` claimable runs of these workflows, in ONE statement.
+    """Own up to ``limit`` claimable runs of these workflows, in order; ONE statement if it can.
 
     A claimer that never registered gets a worker row that is already expired,
     so that its runs can be taken over at once, as the contract wants.
@@ -78,7 +101,65 @@ async def claim(tx: Tx, worker_id: str, workflows: Sequence[str], now: float, li
     if limit <= 0 or not names:
         return []
     rows = await tx.conn.fetch(_CLAIM, names, now, limit, worker_id, tx.op_id)
-    return [Claim(run_id, workflow, token, cancel) for run_id, workflow, token, cancel in rows]
+    gated = rows[-1][4]
+    ordered = sorted(rows[:-1], key=lambda row: int(row[0]))
+    got = [Claim(run_id, wf, token, cancel) for _, run_id, wf, token, cancel in ordered]
+    if gated and len(got) < limit:
+        async with tx.conn.transaction():
+            taken = {c.run_id for c in got}
+            got += await claim_gated(tx, worker_id, names, now, limit - len(got), taken)
+    return got
+
+
+async def claim_gated(
+    tx: Tx, worker_id: str, names: list[str], now: float, limit: int, taken: set[str]
+) -> list[Claim]:
+    """Claim in order, giving concurrency slots under a lock per key (inside a transaction).
+
+    ``taken`` are the runs this claim already took (they now look orphaned if
+    the claimer never registered).
+
+    The count of a key's running runs is read only once its lock is held, by a
+    statement that starts after it: two claimers can never both take the last slot.
+    """
+    conn = tx.conn
+    window = 2 * limit + 50  # room for candidates passed over because their key filled up
+    rows = await conn.fetch(
+        _CANDIDATES + " SELECT run_id, key, key_limit FROM ranked ORDER BY r", names, now, window, worker_id
+    )
+    keys = sorted({key for _, key, _ in rows if key is not None})
+    for key in keys:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{tx.channel}:slots:{key}"
+        )
+    counted = await conn.fetch(
+        "SELECT concurrency_key, count(*) FROM runs WHERE status = 'running'"
+        " AND concurrency_key = ANY($1::text[]) GROUP BY concurrency_key",
+        keys,
+    )
+    running: dict[str, int] = {key: count for key, count in counted}
+    picked: list[str] = []
+    for run_id, key, key_limit in rows:
+        if len(picked) >= limit:
+            break
+        if run_id in taken:
+            continue
+        if key is not None:
+            if running.get(key, 0) >= key_limit:
+                continue  # waits for a slot
+            running[key] = running.get(key, 0) + 1
+        picked.append(run_id)
+    claimed = await conn.fetch(
+        "UPDATE runs SET token = token + 1, owner = $2, status = 'running', wake_at = NULL,"
+        " updated_at = $3, op_id = $4 WHERE run_id = ANY($1::text[])"
+        " RETURNING run_id, workflow, token, cancel_requested",
+        picked,
+        worker_id,
+        now,
+        tx.op_id,
+    )
+    order = {run_id: i for i, run_id in enumerate(picked)}
+    return sorted((Claim(*row) for row in claimed), key=lambda c: order[c.run_id])
 
 
 async def claimed(conn: Conn, worker_id: str, op_id: int) -> list[Claim]:

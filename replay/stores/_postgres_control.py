@@ -48,7 +48,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 #: How far back, in seconds, the catch-up after a reconnect looks past the last heartbeat.
 CATCH_UP_MARGIN = 60.0
-_KINDS = frozenset({"ready", "news", "finished"})
+_KINDS = frozenset({"ready", "news", "finished", "event"})
 
 
 class Control:

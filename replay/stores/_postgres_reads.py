@@ -20,8 +20,11 @@ __all__ = (
     "RUN_COLUMNS",
     "Conn",
     "TERMINAL_SQL",
+    "events_after",
     "first_match",
     "get_run",
+    "get_schedule",
+    "last_event_position",
     "list_runs",
     "next_wake_at",
     "poll_waits",
@@ -133,11 +136,37 @@ async def poll_waits(conn: Conn, run_id: str) -> list[tuple[int, EventRecord]]:
 
 
 async def next_wake_at(conn: Conn, workflows: Sequence[str]) -> float | None:
-    """The earliest ``wake_at`` among suspended runs of these workflows."""
+    """The earliest ``wake_at`` among suspended or delayed pending runs of these workflows."""
     if not workflows:
         return None
     value: float | None = await conn.fetchval(
-        "SELECT min(wake_at) FROM runs WHERE status = 'suspended' AND workflow = ANY($1::text[])",
+        "SELECT LEAST("
+        " (SELECT min(wake_at) FROM runs WHERE status = 'suspended' AND workflow = ANY($1::text[])),"
+        " (SELECT min(wake_at) FROM runs WHERE status = 'pending' AND wake_at IS NOT NULL"
+        " AND workflow = ANY($1::text[])))",
         list(workflows),
     )
+    return value
+
+
+async def events_after(conn: Conn, position: int, names: Sequence[str], limit: int) -> list[EventRecord]:
+    """Events with these names after ``position``, in order."""
+    rows = await conn.fetch(
+        "SELECT position, id, name, data, at FROM events WHERE position > $1 AND name = ANY($2::text[])"
+        " ORDER BY position LIMIT $3",
+        position,
+        list(names),
+        limit,
+    )
+    return [EventRecord(i, n, decode_value(d), a, p) for p, i, n, d, a in rows]
+
+
+async def last_event_position(conn: Conn) -> int:
+    """The latest event's position; 0 when there is none."""
+    return int(await conn.fetchval("SELECT COALESCE(max(position), 0) FROM events"))
+
+
+async def get_schedule(conn: Conn, name: str) -> float | None:
+    """A schedule's cursor."""
+    value: float | None = await conn.fetchval("SELECT tick FROM schedules WHERE name = $1", name)
     return value

@@ -102,6 +102,40 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         server_start timestamptz
     )
     """,
+    """
+    ALTER TABLE runs ADD COLUMN priority integer NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN concurrency_key text;
+    ALTER TABLE runs ADD COLUMN concurrency_limit integer;
+    ALTER TABLE runs ADD COLUMN throttle_key text;
+    ALTER TABLE runs ADD COLUMN begin_at double precision;
+    ALTER TABLE runs ADD COLUMN rate_key text;
+    ALTER TABLE runs ADD COLUMN debounce_key text;
+    DROP INDEX runs_pending;
+    CREATE INDEX runs_pending ON runs (priority DESC, n) WHERE status = 'pending';
+    CREATE INDEX runs_pending_due ON runs (wake_at) WHERE status = 'pending' AND wake_at IS NOT NULL;
+    CREATE INDEX runs_concurrency ON runs (concurrency_key)
+        WHERE status = 'running' AND concurrency_key IS NOT NULL;
+    CREATE INDEX runs_throttle ON runs (throttle_key, begin_at) WHERE throttle_key IS NOT NULL;
+    CREATE INDEX runs_rate ON runs (rate_key, created_at) WHERE rate_key IS NOT NULL;
+    CREATE INDEX runs_debounce ON runs (debounce_key, n)
+        WHERE status = 'pending' AND debounce_key IS NOT NULL;
+    CREATE TABLE cancel_on (
+        run_id text NOT NULL,
+        name text NOT NULL,
+        match bytea NOT NULL,
+        after bigint NOT NULL
+    );
+    CREATE INDEX cancel_on_name ON cancel_on (name);
+    CREATE INDEX cancel_on_run ON cancel_on (run_id);
+    CREATE TABLE run_aliases (
+        alias text PRIMARY KEY,
+        run_id text NOT NULL
+    );
+    CREATE TABLE schedules (
+        name text PRIMARY KEY,
+        tick double precision NOT NULL
+    )
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -28,7 +28,7 @@ SQLite get from having one writer is made explicit here with locks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import asyncpg
 import attrs
@@ -36,9 +36,9 @@ import attrs
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry, decode_value, encode_value
-from replay.stores._postgres_reads import TERMINAL_SQL, Conn, first_match, get_run
+from replay.stores._postgres_reads import TERMINAL_SQL, Conn, first_match
 from replay.stores._sqlite_writes import PreparedRun, PreparedUpdate
-from replay.stores.base import TERMINAL_STATUSES, Notice, RunInfo
+from replay.stores.base import NO_FLOW, TERMINAL_STATUSES, Notice, NoticeKind, RunInfo
 
 __all__ = (
     "NOTIFY_LIMIT",
@@ -46,10 +46,13 @@ __all__ = (
     "Tx",
     "append",
     "create_run",
+    "fast_create",
+    "insert_entries",
     "one_row",
     "refused",
+    "track",
+    "update_run",
     "wake",
-    "fast_create",
 )
 
 #: Entries whose append changes more than the journal (waits, children, cancellation, the end).
@@ -85,8 +88,8 @@ class Tx:
     op_id: int
     notices: list[Notice] = attrs.Factory(list)
 
-    def notice(self, kind: Literal["ready", "news", "finished"], run_id: str) -> None:
-        """Tell listeners, after the commit, about ``run_id``."""
+    def notice(self, kind: NoticeKind, run_id: str) -> None:
+        """Tell listeners, after the commit, about ``run_id`` (an event's id, for ``"event"``)."""
         self.notices.append(Notice(kind, run_id))
 
     def payload(self, notice: Notice) -> str:
@@ -113,7 +116,8 @@ def one_row(row: asyncpg.Record | None) -> asyncpg.Record:
 
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id, seq, op_id,"
-    " cancel_requested) VALUES ($1, $2, 'pending', $3, $4, $4, $5, $6, $7, $8)"
+    " cancel_requested) SELECT $1, $2, 'pending', $3, $4, $4, $5, $6, $7, $8"
+    " WHERE NOT EXISTS (SELECT 1 FROM run_aliases WHERE alias = $1)"  # a start that joined a debounce
     " ON CONFLICT (run_id) DO NOTHING RETURNING run_id"
 )
 
@@ -155,7 +159,11 @@ async def fast_create(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, bool] | N
 
 async def create_run(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, bool]:
     """Create a run and its entries unless the id exists (inside ``tx``'s transaction)."""
+    from replay.stores._postgres_flow import create_under_flow, existing
+
     run = prepared.run
+    if run.flow != NO_FLOW:
+        return await create_under_flow(tx, prepared)
     conn = tx.conn
     entries = run.entries()
     cancelled = any(e.kind == j.CANCEL_REQUESTED for e in run.journal)
@@ -173,12 +181,12 @@ async def create_run(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, bool]:
         cancelled,
     )
     if row is None:
-        existing = await get_run(conn, run.run_id)
-        if existing is None:
+        found = await existing(conn, run.run_id)
+        if found is None:
             raise ReplayInternalError(f"run {run.run_id!r} neither inserted nor found")
-        return existing, False
-    await _insert_entries(conn, run.run_id, [e.seq for e in entries], [prepared.first, *prepared.rest])
-    await _track(tx, run.run_id, run.journal)
+        return found, False
+    await insert_entries(conn, run.run_id, [e.seq for e in entries], [prepared.first, *prepared.rest])
+    await track(tx, run.run_id, run.journal)
     tx.notice("ready", run.run_id)
     return _new_info(prepared, cancelled), True
 
@@ -198,7 +206,7 @@ def _new_info(prepared: PreparedRun, cancelled: bool) -> RunInfo:
     )
 
 
-async def _insert_entries(conn: Conn, run_id: str, seqs: list[int], blobs: list[bytes]) -> None:
+async def insert_entries(conn: Conn, run_id: str, seqs: list[int], blobs: list[bytes]) -> None:
     await conn.execute(
         "INSERT INTO journal (run_id, seq, entry)"
         " SELECT $1, s, e FROM unnest($2::int[], $3::bytea[]) AS u(s, e)",
@@ -247,10 +255,10 @@ async def append(
     if row is None:
         await refused(conn, run_id, token, first)
     if entries:
-        await _insert_entries(conn, run_id, [e.seq for e in entries], blobs)
-        await _track(tx, run_id, entries)
+        await insert_entries(conn, run_id, [e.seq for e in entries], blobs)
+        await track(tx, run_id, entries)
     if update is not None:
-        await _update(tx, run_id, update, entries[-1].at if entries else row[0], row[1])
+        await update_run(tx, run_id, update, entries[-1].at if entries else row[0], row[1])
     await tx.publish()
 
 
@@ -267,7 +275,7 @@ async def refused(conn: Conn, run_id: str, token: int, first: int | None) -> NoR
     raise ReplayInternalError(f"append to {run_id!r}: seq {first}, expected {row[2] + 1}")
 
 
-async def _track(tx: Tx, run_id: str, entries: Sequence[Entry]) -> None:
+async def track(tx: Tx, run_id: str, entries: Sequence[Entry]) -> None:
     """Keep waits, awaited children and cancellation in step with new entries.
 
     Each key is added at most once and removed only after it was added, so
@@ -324,12 +332,14 @@ async def _track(tx: Tx, run_id: str, entries: Sequence[Entry]) -> None:
     if terminal:
         # Only a journaled end closes waits: a run parked as failed keeps them for a retry.
         await conn.execute(
-            "WITH w AS (DELETE FROM waits WHERE run_id = $1) DELETE FROM awaited_children WHERE run_id = $1",
+            "WITH w AS (DELETE FROM waits WHERE run_id = $1), c AS (DELETE FROM cancel_on WHERE run_id = $1)"
+            " DELETE FROM awaited_children WHERE run_id = $1",
             run_id,
         )
 
 
-async def _update(tx: Tx, run_id: str, prepared: PreparedUpdate, at: float, parent_id: str | None) -> None:
+async def update_run(tx: Tx, run_id: str, prepared: PreparedUpdate, at: float, parent_id: str | None) -> None:
+    """Apply a run update: children, status, wake time, result, error, release; notices."""
     update = prepared.update
     for child in prepared.children:
         await create_run(tx, child)
@@ -350,11 +360,15 @@ async def _update(tx: Tx, run_id: str, prepared: PreparedUpdate, at: float, pare
             sets.append(f"{column} = ${len(params)}")
     if update.release:
         sets.append("owner = NULL")
-    status, wake_at = one_row(
+    status, wake_at, gated = one_row(
         await tx.conn.fetchrow(
-            f"UPDATE runs SET {', '.join(sets)} WHERE run_id = $1 RETURNING status, wake_at", *params
+            f"UPDATE runs SET {', '.join(sets)} WHERE run_id = $1"
+            " RETURNING status, wake_at, concurrency_key IS NOT NULL",
+            *params,
         )
     )
+    if gated and status != "running":
+        tx.notice("ready", run_id)  # a concurrency slot is free: a waiting run may go
     if status in TERMINAL_STATUSES:
         tx.notice("finished", run_id)
         if parent_id is not None:

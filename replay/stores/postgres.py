@@ -64,11 +64,12 @@ from replay.stores import _postgres_events as events
 from replay.stores import _postgres_reads as reads
 from replay.stores import _postgres_writes as writes
 from replay.stores._postgres_control import Control
+from replay.stores._postgres_flow import existing
 from replay.stores._postgres_plumbing import Plumbing, keep_session
 from replay.stores._postgres_reads import Conn
 from replay.stores._postgres_schema import prepare, quote
 from replay.stores._sqlite_writes import PreparedRun, PreparedUpdate
-from replay.stores.base import Claim, EventRecord, NewRun, RunInfo, RunUpdate
+from replay.stores.base import NO_FLOW, Claim, EventRecord, NewRun, RunInfo, RunUpdate
 
 __all__ = ("PostgresStore", "parse_url")
 
@@ -205,14 +206,20 @@ class PostgresStore(Plumbing):
             mine = await conn.fetchval("SELECT op_id = $2 FROM runs WHERE run_id = $1", run.run_id, op_id)
             return (await _get(conn, run.run_id), True) if mine else None
 
-        if not run.journal:
+        if not run.journal and run.flow == NO_FLOW:
 
             async def fast(tx: writes.Tx) -> tuple[RunInfo, bool]:
                 made = await writes.fast_create(tx, prepared)
                 return made if made is not None else (await _get(tx.conn, run.run_id), False)
 
             return await self._write("creating a run", fast, transaction=False, landed=created)
-        return await self._write("creating a run", lambda tx: writes.create_run(tx, prepared), landed=created)
+
+        async def create(tx: writes.Tx) -> tuple[RunInfo, bool]:
+            made = await writes.create_run(tx, prepared)
+            await tx.publish()
+            return made
+
+        return await self._write("creating a run", create, landed=created)
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         """The run with that id, if any."""
@@ -242,9 +249,10 @@ class PostgresStore(Plumbing):
         """Put a failed run back to pending."""
         return await self._write("requeueing a run", lambda tx: events.requeue(tx, run_id, at))
 
-    async def send_event(self, event: EventRecord) -> tuple[EventRecord, bool]:
-        """Store an event (idempotent on its id) and wake the runs waiting for it."""
+    async def send_event(self, event: EventRecord, starts: Sequence[NewRun] = ()) -> tuple[EventRecord, bool]:
+        """Store an event (idempotent on its id), wake and cancel runs, create the runs it starts."""
         data = encode_value(event.data, f"the data of event {event.name!r}")
+        prepared = tuple(PreparedRun.of(run) for run in starts)
 
         async def sent(conn: Conn, _op_id: int) -> tuple[EventRecord, bool] | None:
             row = await conn.fetchrow("SELECT position, name, data, at FROM events WHERE id = $1", event.id)
@@ -253,7 +261,40 @@ class PostgresStore(Plumbing):
             return attrs.evolve(event, position=row[0]), True
 
         return await self._write(
-            "sending an event", lambda tx: events.send_event(tx, event, data), landed=sent
+            "sending an event", lambda tx: events.send_event(tx, event, data, prepared), landed=sent
+        )
+
+    async def events_after(self, position: int, names: Sequence[str], limit: int) -> list[EventRecord]:
+        """Events with these names after ``position``, in order."""
+        return await self._read(reads.events_after, position, tuple(names), limit)
+
+    async def last_event_position(self) -> int:
+        """The latest event's position."""
+        return await self._read(reads.last_event_position)
+
+    async def get_schedule(self, name: str) -> float | None:
+        """The schedule's cursor."""
+        return await self._read(reads.get_schedule, name)
+
+    async def advance_schedule(
+        self, name: str, previous: float | None, tick: float, run: NewRun | None
+    ) -> bool:
+        """Move the schedule's cursor and create the tick's run, unless another worker did."""
+        prepared = None if run is None else PreparedRun.of(run)
+
+        async def moved(conn: Conn, _op_id: int) -> bool | None:
+            # A lost reply: the cursor at ``tick`` (and the run there) means it landed.
+            at = await conn.fetchval("SELECT tick FROM schedules WHERE name = $1", name)
+            done = at == tick and (
+                run is None
+                or await conn.fetchval("SELECT 1 FROM runs WHERE run_id = $1", run.run_id) is not None
+            )
+            return True if done else None
+
+        return await self._write(
+            "moving a schedule",
+            lambda tx: events.advance_schedule(tx, name, previous, tick, prepared),
+            landed=moved,
         )
 
     # -- workers -----------------------------------------------------------------------
@@ -333,12 +374,12 @@ class PostgresStore(Plumbing):
         return await self._read(reads.poll_waits, run_id)
 
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
-        """The earliest ``wake_at`` among suspended runs of these workflows."""
+        """The earliest ``wake_at`` among suspended or delayed pending runs of these workflows."""
         return await self._read(reads.next_wake_at, tuple(workflows))
 
 
 async def _get(conn: Conn, run_id: str) -> RunInfo:
-    info = await reads.get_run(conn, run_id)
+    info = await existing(conn, run_id)
     if info is None:
         raise ReplayInternalError(f"run {run_id!r} neither inserted nor found")
     return info

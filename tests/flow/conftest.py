@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +13,31 @@ from replay.stores.base import Store
 from replay.stores.memory import MemoryStore
 from replay.stores.sqlite import SqliteStore
 from replay.testing import TestEnv
+from tests.conftest import drop_schemas, fresh_schema, with_schema
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", "postgresql"]
 
 
 @pytest.fixture(params=STORES)
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
     """A function making a fresh (unopened) store of the parametrized kind."""
     count = iter(range(1_000_000))
     if request.param == "memory":
-        return MemoryStore
-    return lambda: SqliteStore(f"sqlite:///{tmp_path}/flow-{next(count)}.db")
+        yield MemoryStore
+    elif request.param == "sqlite":
+        yield lambda: SqliteStore(f"sqlite:///{tmp_path}/flow-{next(count)}.db")
+    else:
+        from replay.stores.postgres import PostgresStore
+
+        server = request.getfixturevalue("postgres_server")
+        schemas: list[str] = []
+
+        def make() -> Store:
+            schemas.append(fresh_schema())
+            return PostgresStore(with_schema(server, schemas[-1]))
+
+        yield make
+        drop_schemas(server, schemas)
 
 
 @pytest.fixture
