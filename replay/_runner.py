@@ -227,8 +227,8 @@ class RunDriver:
         if news:
             completions.extend(await self._news(inst, done))
         if completions:
-            entries = inst.take_buffer() + completions
-            await self.store.append(self.run_id, self.claim.token, entries)
+            buffered, update = self._take_buffer()
+            await self.store.append(self.run_id, self.claim.token, buffered + completions, update)
         # Journal before deliver: every completion is durable from here on.
         for entry in completions:
             if inst.outcome is not None or inst.error is not None:
@@ -317,22 +317,40 @@ class RunDriver:
             return
         buffered = {e.seq for e in inst.buffer}
         flush = False
-        children: list[NewRun] = []
         now = self.clock.now()
         for op in ops:
             if isinstance(op, StepOp):
                 if op.retry_at is None or op.retry_at <= now:
                     op.retry_at = None
                     self._start_step(op)
-            elif isinstance(op, WaitOp):
-                flush = flush or op.seq in buffered  # a wait begins once it is journaled
-            elif isinstance(op, ChildOp) and op.seq in buffered:
-                flush = True
-                children.append(self._child_run(op, now))
+            elif isinstance(op, WaitOp | ChildOp):
+                # A wait begins once it is journaled; a child run starts with its entry.
+                flush = flush or op.seq in buffered
         if flush:
-            await self.store.append(
-                self.run_id, self.claim.token, inst.take_buffer(), RunUpdate(children=tuple(children))
-            )
+            entries, update = self._take_buffer()
+            await self.store.append(self.run_id, self.claim.token, entries, update)
+
+    def _take_buffer(self, update: RunUpdate | None = None) -> tuple[list[Entry], RunUpdate | None]:
+        """The buffered entries to append, and ``update`` with the child runs they start.
+
+        Every append that carries a ``child_started`` entry creates its child run
+        in the same transaction, whichever path flushes the buffer (a child
+        started just before the run suspends, finishes or journals a completion).
+        """
+        inst = self.instance
+        assert inst is not None
+        entries = inst.take_buffer()
+        now = self.clock.now()
+        kids = tuple(
+            self._child_run(op, now)
+            for e in entries
+            if e.kind == j.CHILD_STARTED and isinstance(op := inst.ops.get(e.seq), ChildOp)
+        )
+        if not kids:
+            return entries, update
+        if update is None:
+            return entries, RunUpdate(children=kids)
+        return entries, attrs.evolve(update, children=(*kids, *update.children))
 
     def _child_run(self, op: ChildOp, now: float) -> NewRun:
         workflow = self.worker.app.workflows.get(op.workflow)
@@ -383,8 +401,8 @@ class RunDriver:
     async def _suspend(self, wake: float | None) -> None:
         inst = self.instance
         assert inst is not None
-        update = RunUpdate(status="suspended", wake_at=wake, release=True)
-        await self.store.append(self.run_id, self.claim.token, inst.take_buffer(), update)
+        entries, update = self._take_buffer(RunUpdate(status="suspended", wake_at=wake, release=True))
+        await self.store.append(self.run_id, self.claim.token, entries, update)
 
     async def _finish(self) -> None:
         inst = self.instance
@@ -401,16 +419,17 @@ class RunDriver:
             update = self._failed(data["error"], self.clock.now())
         elif kind == j.WORKFLOW_CANCELLED:
             update = RunUpdate(status="cancelled", release=True)
-        entries = [*inst.take_buffer(), inst.alloc(kind, data)]
-        await self.store.append(self.run_id, self.claim.token, entries, update)
+        entries, full = self._take_buffer(update)
+        await self.store.append(self.run_id, self.claim.token, [*entries, inst.alloc(kind, data)], full)
 
     async def _timed_out(self) -> None:
         inst = self.instance
         assert inst is not None
         error = j.error_data(WorkflowTimeout(f"run {self.run_id!r} passed its workflow timeout"))
-        entries = [*inst.take_buffer(), inst.alloc(j.WORKFLOW_FAILED, {"error": error})]
+        entries, update = self._take_buffer(self._failed(error, self.clock.now()))
+        entries.append(inst.alloc(j.WORKFLOW_FAILED, {"error": error}))
         self.finished = True
-        await self.store.append(self.run_id, self.claim.token, entries, self._failed(error, self.clock.now()))
+        await self.store.append(self.run_id, self.claim.token, entries, update)
 
     async def _park(self, exc: NonDeterminismError) -> None:
         # The journal stays as it was: a fixed deploy can replay the run again.

@@ -119,3 +119,51 @@ async def test_a_workflow_timeout_fails_the_run() -> None:
         await env.advance(timedelta(hours=3))
         with pytest.raises(replay.WorkflowTimeout):
             await run.result()
+
+
+async def test_a_child_started_on_recovery_is_created_even_when_news_flushes_it() -> None:
+    """Regression: the entry of a child started while catching up was journaled without its run.
+
+    A recovered run that issues a new child command at once, while news (a child
+    that finished meanwhile) is journaled before the usual dispatch, appended the
+    ``child_started`` entry with the news but never created the child: the parent
+    then waited for it forever (found by the crash property on SQLite).
+    """
+    from replay import journal as j
+    from replay.journal import Entry
+    from replay.stores.base import NewRun
+    from replay.stores.memory import MemoryStore
+
+    app = replay.App("catch-up", store="memory://")
+
+    @app.workflow()
+    async def leaf(ctx: replay.Context, name: str) -> str:
+        return name
+
+    @app.workflow()
+    async def parent(ctx: replay.Context) -> list[str]:
+        async def first_branch() -> str:
+            await ctx.wait_for_event("go")
+            return await ctx.child(leaf, "second", run_id="second")
+
+        return list(await asyncio.gather(first_branch(), ctx.child(leaf, "first", run_id="first")))
+
+    store = MemoryStore()
+    async with TestEnv(app, store=store) as env:
+        first = await app.start(leaf, "first", run_id="first")
+        assert await first.result() == "first"
+        t = env.now()
+        started = {"workflow": "parent", "args": [], "journal": j.FORMAT_VERSION}
+        prefix = (
+            Entry(2, j.CHILD_STARTED, t, {"name": "leaf", "args": ["first"], "run_id": "first"}),
+            Entry(3, j.WAIT_STARTED, t, {"name": "go", "match": {}}),
+            Entry(4, j.EVENT_RECEIVED, t, {"op": 3, "event": {"id": "e", "name": "go", "data": {}, "at": t}}),
+        )
+        # As a crash would leave it: the event journaled, the finished child not yet.
+        await store.create_run(
+            NewRun("p", "parent", [], Entry(1, j.WORKFLOW_STARTED, t, started), journal=prefix)
+        )
+        await env.idle()
+        assert await app.get_run("p").status() == "completed"
+        assert await app.get_run("p").result() == ["second", "first"]
+        assert (await app.get_run("second").info()).parent_id == "p"
