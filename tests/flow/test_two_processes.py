@@ -1,16 +1,27 @@
-"""Flow control holds across processes: two SqliteStores on one file stand in for two."""
+"""Flow control holds across processes: two stores on one database stand in for two processes."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import pytest
+
 import replay
-from replay.stores.sqlite import SqliteStore
+from replay.stores import open_store
 from replay.worker import Worker
 
 
-async def test_a_concurrency_limit_holds_across_two_worker_processes(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One database for two stores."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/shared.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+async def test_a_concurrency_limit_holds_across_two_worker_processes(shared_url: str) -> None:
     app = replay.App("two-procs", store="memory://")
     active = 0
     peak = 0
@@ -32,8 +43,7 @@ async def test_a_concurrency_limit_holds_across_two_worker_processes(tmp_path: P
     async def limited(ctx: replay.Context, i: int) -> int:
         return await work(i) + await work(i)
 
-    url = f"sqlite:///{tmp_path}/shared.db"
-    a, b = SqliteStore(url), SqliteStore(url)
+    a, b = open_store(shared_url), open_store(shared_url)
     await a.open()
     await b.open()
     app.set_store(a)
