@@ -105,18 +105,7 @@ async def create_under_flow(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, boo
     await track(tx, run.run_id, run.journal)
     await register_cancel_on(tx, run.run_id, prepared)
     tx.notice("ready", run.run_id)
-    info = RunInfo(
-        run.run_id,
-        run.workflow,
-        "pending",
-        run.args,
-        at,
-        at,
-        parent_id=run.parent_id,
-        wake_at=wake,
-        cancel_requested=cancelled,
-    )
-    return info, True
+    return run.pending(wake_at=wake, cancel_requested=cancelled), True
 
 
 async def register_cancel_on(tx: Tx, run_id: str, prepared: PreparedRun) -> None:

@@ -154,7 +154,7 @@ async def fast_create(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, bool] | N
     if not inserted:
         tx.notices.clear()
         return None
-    return _new_info(prepared, cancelled=False), True
+    return prepared.run.pending(), True
 
 
 async def create_run(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, bool]:
@@ -188,22 +188,7 @@ async def create_run(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, bool]:
     await insert_entries(conn, run.run_id, [e.seq for e in entries], [prepared.first, *prepared.rest])
     await track(tx, run.run_id, run.journal)
     tx.notice("ready", run.run_id)
-    return _new_info(prepared, cancelled), True
-
-
-def _new_info(prepared: PreparedRun, cancelled: bool) -> RunInfo:
-    run = prepared.run
-    at = run.started_at
-    return RunInfo(
-        run.run_id,
-        run.workflow,
-        "pending",
-        run.args,
-        at,
-        at,
-        parent_id=run.parent_id,
-        cancel_requested=cancelled,
-    )
+    return run.pending(cancel_requested=cancelled), True
 
 
 async def insert_entries(conn: Conn, run_id: str, seqs: list[int], blobs: list[bytes]) -> None:

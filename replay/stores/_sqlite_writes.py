@@ -150,18 +150,7 @@ def create_run(
         if cancelled:
             conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run.run_id,))
     notices.append(Notice("ready", run.run_id))
-    info = RunInfo(
-        run.run_id,
-        run.workflow,
-        "pending",
-        run.args,
-        at,
-        at,
-        parent_id=run.parent_id,
-        wake_at=wake,
-        cancel_requested=cancelled,
-    )
-    return info, True
+    return run.pending(wake_at=wake, cancel_requested=cancelled), True
 
 
 def _register_cancel_on(

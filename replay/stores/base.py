@@ -205,6 +205,21 @@ class NewRun:
         """When the run counts as created: ``created_at``, else ``first.at``."""
         return self.first.at if self.created_at is None else self.created_at
 
+    def pending(self, *, wake_at: float | None = None, cancel_requested: bool = False) -> RunInfo:
+        """The ``RunInfo`` of this run as created: ``pending``, created and updated at ``started_at``."""
+        at = self.started_at
+        return RunInfo(
+            self.run_id,
+            self.workflow,
+            "pending",
+            self.args,
+            at,
+            at,
+            parent_id=self.parent_id,
+            wake_at=wake_at,
+            cancel_requested=cancel_requested,
+        )
+
 
 @attrs.frozen
 class Claim:

@@ -103,7 +103,7 @@ class MemoryStore(Store):
             joined = self._debounce(run, encoded[0], at)
             if joined is not None:
                 return joined, False
-        info = RunInfo(run.run_id, run.workflow, "pending", run.args, at, at, parent_id=run.parent_id)
+        info = run.pending()
         created = _Run(info, encoded, flow=flow, order=len(self._runs), admitted=flow.rate_limit is not None)
         wake = None
         if flow.debounce is not None:
