@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -27,15 +28,21 @@ async def test_a_concurrency_limit_holds_across_two_worker_processes(shared_url:
     peak = 0
     by_worker: dict[str, int] = {}
 
+    two_at_once = asyncio.Event()
+
     @app.step()
     async def work(i: int) -> int:
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
-        info = replay.current_step()
-        assert info is not None
+        if active == 2:
+            two_at_once.set()
+        # Hold the slot until a second run has one too (or give up after a while: if
+        # only one ever ran, the peak below says so); then let the other process try.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(two_at_once.wait(), 5)
         for _ in range(20):
-            await asyncio.sleep(0)  # let the other "process" try to take a slot meanwhile
+            await asyncio.sleep(0)
         active -= 1
         return i
 
