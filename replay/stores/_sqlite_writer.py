@@ -34,14 +34,14 @@ import concurrent.futures
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from replay.errors import StoreError
 from replay.stores.base import Notice
 
-__all__ = ("Job", "Writer", "before_commit")
+__all__ = ("Batchable", "Job", "JobFailed", "Writer", "before_commit")
 
 T = TypeVar("T")
 
@@ -245,19 +245,77 @@ class Writer:
             conn.execute("PRAGMA busy_timeout = 0")
 
 
+class Batchable(Protocol):
+    """A job that may run with its like: consecutive jobs of one type, with distinct keys."""
+
+    #: Jobs in one ``run_many`` call have distinct keys.
+    key: Hashable
+
+    def __call__(self, conn: sqlite3.Connection, notices: list[Notice]) -> Any:
+        """Run alone, as any job."""
+
+    @staticmethod
+    def run_many(conn: sqlite3.Connection, jobs: Sequence[Any]) -> None:
+        """Run ``jobs`` as if one after the other; raise ``JobFailed`` to blame one."""
+
+
+class JobFailed(Exception):
+    """Raised by a job type's ``run_many``: the job at ``index`` failed with ``error``."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+#: What ``_run_jobs`` returns when a batch failed and no one job can be blamed.
+_REDO_ALL = _Pending.__new__(_Pending)
+
+
 def _run_jobs(conn: sqlite3.Connection, group: list[_Pending]) -> _Pending | None:
-    """Run every job; stop at the first that raises and return it, its error set."""
-    for p in group:
+    """Run every job; stop at the first that raises and return it, its error set.
+
+    Consecutive jobs of one type with a ``run_many(conn, jobs)`` static method,
+    and distinct ``key`` attributes, run in one call of it (see
+    ``_sqlite_appends.PlainAppend``): it raises ``JobFailed`` to blame one job,
+    anything else to have the whole group run again with each job alone.
+    """
+    i, n = 0, len(group)
+    while i < n:
+        p = group[i]
+        many = getattr(p.job, "run_many", None)
+        if many is None:
+            try:
+                p.result = p.job(conn, p.notices)
+            except Exception as exc:  # noqa: BLE001 - raised in its caller
+                p.error = _store_error(exc)
+                return p
+            i += 1
+            continue
+        kind, keys, end = type(p.job), set(), i
+        while end < n and type(job := group[end].job) is kind:
+            key = cast("Batchable", job).key
+            if key in keys:
+                break
+            keys.add(key)
+            end += 1
         try:
-            p.result = p.job(conn, p.notices)
-        except Exception as exc:  # noqa: BLE001 - raised in its caller
-            p.error = _store_error(exc)
-            return p
+            many(conn, [q.job for q in group[i:end]])
+        except JobFailed as exc:
+            failed = group[i + exc.index]
+            failed.error = _store_error(exc.error)
+            return failed
+        except Exception:  # noqa: BLE001 - each job alone will say whose it is
+            return _REDO_ALL
+        i = end
     return None
 
 
 def _run_jobs_isolated(conn: sqlite3.Connection, group: list[_Pending], failed: _Pending) -> None:
-    """Run every job but ``failed``, each in a SAVEPOINT: one that raises is undone alone."""
+    """Run every job but ``failed`` (which keeps its error), each in a SAVEPOINT and alone.
+
+    One that raises is undone alone.
+    """
     for p in group:
         p.result, p.notices = None, []  # what the first run produced was rolled back
         if p is failed:

@@ -34,11 +34,13 @@ __all__ = (
     "PreparedRun",
     "PreparedUpdate",
     "append",
+    "check_fence",
     "advance_schedule",
     "claim",
     "create_run",
     "request_cancel",
     "send_event",
+    "track",
     "unregister",
 )
 
@@ -145,7 +147,7 @@ def create_run(
     _register_cancel_on(conn, run.run_id, prepared.cancel_on)
     cancelled = False
     if run.journal:
-        _track(conn, run.run_id, run.journal)
+        track(conn, run.run_id, run.journal)
         cancelled = any(e.kind == j.CANCEL_REQUESTED for e in run.journal)
         if cancelled:
             conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run.run_id,))
@@ -242,27 +244,37 @@ def append(
 ) -> None:
     """Append fenced entries, keep waits, children and cancellation in step, apply ``update``."""
     row = conn.execute(
-        "SELECT token, owner, updated_at, (SELECT MAX(seq) FROM journal WHERE run_id = ?) "
+        "SELECT token, owner, (SELECT MAX(seq) FROM journal WHERE run_id = ?), updated_at "
         "FROM runs WHERE run_id = ?",
         (run_id, run_id),
     ).fetchone()
-    if row is None or row[0] != token or row[1] is None:
-        raise LeaseLost(f"run {run_id!r} is no longer owned by this worker (token {token})")
-    expected = (row[3] or 0) + 1
-    for e in entries:
-        if e.seq != expected:
-            raise ReplayInternalError(f"append to {run_id!r}: seq {e.seq}, expected {expected}")
-        expected += 1
+    check_fence(run_id, token, row, entries)
     conn.executemany(
         "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
         [(run_id, e.seq, blob) for e, blob in zip(entries, blobs, strict=True)],
     )
-    _track(conn, run_id, entries)
+    track(conn, run_id, entries)
     if update is not None:
-        _update(conn, notices, run_id, update, entries[-1].at if entries else row[2])
+        _update(conn, notices, run_id, update, entries[-1].at if entries else row[3])
 
 
-def _track(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> None:
+def check_fence(run_id: str, token: int, row: Sequence[Any] | None, entries: Sequence[Entry]) -> None:
+    """Raise unless ``entries`` may follow: ``row`` is the run's (token, owner, last seq).
+
+    Raises:
+        LeaseLost: ``token`` is not the run's current token, or no worker owns the run.
+        ReplayInternalError: the entries do not follow the journal's last seq, one by one.
+    """
+    if row is None or row[0] != token or row[1] is None:
+        raise LeaseLost(f"run {run_id!r} is no longer owned by this worker (token {token})")
+    expected = (row[2] or 0) + 1
+    for e in entries:
+        if e.seq != expected:
+            raise ReplayInternalError(f"append to {run_id!r}: seq {e.seq}, expected {expected}")
+        expected += 1
+
+
+def track(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> None:
     """Keep waits, awaited children and cancellation in step with new entries."""
     for e in entries:
         kind = e.kind
@@ -378,7 +390,7 @@ def request_cancel(conn: sqlite3.Connection, notices: list[Notice], run_id: str,
         conn.execute(
             "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)", (run_id, 2, encode_entry(entry))
         )
-        _track(conn, run_id, [entry])
+        track(conn, run_id, [entry])
         conn.execute("UPDATE runs SET cancel_requested = 1, wake_at = NULL WHERE run_id = ?", (run_id,))
         _update(conn, notices, run_id, PreparedUpdate.of(RunUpdate(status="cancelled")), at)
         return get_run(conn, run_id)

@@ -45,6 +45,7 @@ from replay.errors import StoreError
 from replay.journal import Entry, encode_entry, encode_value
 from replay.stores import _sqlite_reads as reads
 from replay.stores import _sqlite_writes as writes
+from replay.stores._sqlite_appends import PlainAppend
 from replay.stores._sqlite_locks import WorkerLocks
 from replay.stores._sqlite_schema import prepare
 from replay.stores._sqlite_writer import Writer
@@ -298,9 +299,17 @@ class SqliteStore(Store):
         """
         entries = tuple(entries)
         blobs = [encode_entry(e) for e in entries]  # may raise: nothing queued
-        prepared = None if update is None else writes.PreparedUpdate.of(update)
+        if update is None:
+            # The common case (a step's completion): batched with the group's others.
+            await self._submit(PlainAppend(run_id, token, entries, blobs))
+            return
         job = functools.partial(
-            writes.append, run_id=run_id, token=token, entries=entries, blobs=blobs, update=prepared
+            writes.append,
+            run_id=run_id,
+            token=token,
+            entries=entries,
+            blobs=blobs,
+            update=writes.PreparedUpdate.of(update),
         )
         await self._submit(job)
 

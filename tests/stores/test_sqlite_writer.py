@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from replay import journal as j
-from replay.errors import LeaseLost, StoreError
+from replay.errors import LeaseLost, ReplayInternalError, StoreError
 from replay.journal import Entry
 from replay.stores.base import Notice
 from replay.stores.sqlite import SqliteStore
@@ -215,3 +215,97 @@ async def test_several_failures_in_one_group_each_fail_alone_and_the_rest_run_on
     for run in owned:
         assert committed_seqs(store.path, run.run_id) == [1, 2]
     assert calls["bad1"] == 1  # the job that raised first is not run again
+
+
+async def test_plain_appends_of_one_run_in_one_group_land_in_order(store: SqliteStore) -> None:
+    # Plain appends run many to a statement, but two of one run cannot share one:
+    # the second must see the first's entry as the journal's last.
+    [run] = await runs(store, 1)
+    first = Entry(2, j.SIDE_EFFECT, T0, {"name": "n", "value": 1})
+    second = Entry(3, j.SIDE_EFFECT, T0, {"name": "n", "value": 2})
+    before = store.commits
+    with write_locked(store.path):
+        tasks = [
+            asyncio.create_task(store.append(run.run_id, run.token, [first])),
+            asyncio.create_task(store.append(run.run_id, run.token, [second])),
+        ]
+        await asyncio.sleep(0)
+    assert await asyncio.gather(*tasks) == [None, None]
+    assert store.commits - before <= 2
+    assert [e.data["value"] for e in (await store.read_journal(run.run_id))[1:]] == [1, 2]
+
+
+async def test_an_append_out_of_sequence_fails_alone_in_its_batch(store: SqliteStore) -> None:
+    owned = await runs(store, 5)
+    bad = owned[2]
+    with write_locked(store.path):
+        tasks = [
+            asyncio.create_task(
+                store.append(
+                    run.run_id,
+                    run.token,
+                    [Entry(run.seq + (5 if run is bad else 1), j.SIDE_EFFECT, T0, {"name": "n", "value": 0})],
+                )
+            )
+            for run in owned
+        ]
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], ReplayInternalError)
+    assert [r for i, r in enumerate(results) if i != 2] == [None] * 4
+    assert committed_seqs(store.path, bad.run_id) == [1]
+    for run in owned:
+        if run is not bad:
+            assert committed_seqs(store.path, run.run_id) == [1, 2]
+
+
+async def test_waits_appended_in_one_batch_each_get_their_event(store: SqliteStore) -> None:
+    owned = await runs(store, 4)
+    with write_locked(store.path):
+        tasks = [asyncio.create_task(run.wait("paid", {"order": run.run_id})) for run in owned]
+        await asyncio.sleep(0)
+    seqs = await asyncio.gather(*tasks)
+    for run in owned:
+        await store.send_event(event(f"e-{run.run_id}", "paid", {"order": run.run_id}))
+    for run, seq in zip(owned, seqs, strict=True):
+        [(got_seq, got)] = await store.poll_waits(run.run_id)
+        assert (got_seq, got.id) == (seq, f"e-{run.run_id}")
+
+
+class _Batched:
+    """A job type the writer batches, whose batch fails without saying which job is to blame."""
+
+    def __init__(self, name: str, fail: bool, calls: list[str]) -> None:
+        self.key = name
+        self.fail = fail
+        self.calls = calls
+
+    def __call__(self, conn: sqlite3.Connection, notices: list[Notice]) -> str:
+        self.calls.append(self.key)
+        conn.execute("INSERT INTO events (id, name, data, at) VALUES (?, 'x', '{}', 1.0)", (self.key,))
+        if self.fail:
+            raise LeaseLost(f"{self.key} lost")
+        return self.key
+
+    @staticmethod
+    def run_many(conn: sqlite3.Connection, jobs: list[_Batched]) -> None:
+        conn.execute("INSERT INTO events (id, name, data, at) VALUES ('partial', 'x', '{}', 1.0)")
+        raise RuntimeError("one of these failed")
+
+
+async def test_a_batch_that_fails_as_a_whole_is_run_again_job_by_job(store: SqliteStore) -> None:
+    writer = store._writer
+    assert writer is not None
+    calls: list[str] = []
+    with write_locked(store.path):
+        tasks = [
+            asyncio.create_task(writer.submit(_Batched(name, name == "b", calls))) for name in ("a", "b", "c")
+        ]
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] == "a" and results[2] == "c"
+    assert isinstance(results[1], LeaseLost)
+    assert sorted(calls) == ["a", "b", "c"]  # each alone, once
+    assert (await store.send_event(event("partial", "y")))[1]  # the batch's own write was undone
+    assert not (await store.send_event(event("a", "y")))[1]  # kept
+    assert (await store.send_event(event("b", "y")))[1]  # undone
