@@ -1,12 +1,14 @@
 """A worker process for test_sigkill, to be killed with SIGKILL and started again.
 
-    python -m tests.recovery.sigkill_worker DB LOG [--kill-in-group N REPORT]
+    python -m tests.recovery.sigkill_worker DB LOG [--kill-in-group N REPORT] [--hang]
 
 It starts RUNS runs of a STEPS-step workflow on the SQLite file DB (starts are
 idempotent: a second process finds the runs the first one made), works on them
 with a worker that keeps MAX_HOT runs in memory at once, and exits 0 once all are
 complete. Each step attempt first appends ``run_id:seq:attempt`` to LOG (fsynced),
 then sleeps 20 ms for real, so a kill mostly lands while steps are in flight.
+With ``--hang``, step HANG_AT of the first run sleeps for an hour instead: a kill
+after it is logged certainly finds it in flight, however slow the machine.
 
 With ``--kill-in-group N`` the process kills itself with SIGKILL inside the SQLite
 writer, right before the COMMIT of the first group from the Nth on whose journal
@@ -34,6 +36,8 @@ RUNS = 30
 STEPS = 5
 MAX_HOT = 10
 STEP_SECONDS = 0.02
+#: With ``--hang``: the run and step (its seq, as logged) that never finishes.
+HANG_AT = ("run-00", 6)
 
 
 def run_ids() -> list[str]:
@@ -44,7 +48,7 @@ def expected_result(run_id: str) -> list[str]:
     return [f"{run_id}/{k}" for k in range(STEPS)]
 
 
-def build(db: str, log: str) -> tuple[replay.App, Any]:
+def build(db: str, log: str, hang: bool = False) -> tuple[replay.App, Any]:
     app = replay.App("sigkill", store=f"sqlite:///{db}")
 
     @app.step()
@@ -55,6 +59,8 @@ def build(db: str, log: str) -> tuple[replay.App, Any]:
             f.write(f"{info.run_id}:{info.seq}:{info.attempt}\n")
             f.flush()
             os.fsync(f.fileno())
+        if hang and (info.run_id, info.seq) == HANG_AT:
+            await asyncio.sleep(3600)  # until the kill
         await asyncio.sleep(STEP_SECONDS)  # mid-step: a kill now leaves the step in flight
         return f"{run_id}/{k}"
 
@@ -96,8 +102,8 @@ def kill_in_group(db: str, first: int, report: str) -> Callable[[sqlite3.Connect
     return hook
 
 
-async def main(db: str, log: str) -> None:
-    app, steps = build(db, log)
+async def main(db: str, log: str, hang: bool) -> None:
+    app, steps = build(db, log, hang)
     try:
         async with app.worker(max_runs=MAX_HOT):
             handles = await asyncio.gather(*(app.start(steps, run_id=run_id) for run_id in run_ids()))
@@ -112,9 +118,10 @@ if __name__ == "__main__":
     parser.add_argument("db")
     parser.add_argument("log")
     parser.add_argument("--kill-in-group", nargs=2, metavar=("N", "REPORT"))
+    parser.add_argument("--hang", action="store_true")
     args = parser.parse_args()
     if args.kill_in_group is not None:
         _sqlite_writer.before_commit = kill_in_group(
             args.db, int(args.kill_in_group[0]), args.kill_in_group[1]
         )
-    asyncio.run(main(args.db, args.log))
+    asyncio.run(main(args.db, args.log, args.hang))

@@ -27,7 +27,7 @@ import pytest
 
 from replay import journal as j
 from replay.journal import Entry, decode_entries
-from tests.recovery.sigkill_worker import RUNS, STEPS, expected_result, run_ids
+from tests.recovery.sigkill_worker import HANG_AT, RUNS, STEPS, expected_result, run_ids
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and flock are POSIX")
 
@@ -188,10 +188,10 @@ def test_a_worker_killed_mid_step_is_taken_over(tmp_path: Path) -> None:
         now = journals(db)
         if now is None or len(completed_steps(now)) < total // 4:
             return None
-        # Read after the journal: a step logged but not completed sleeps for 20 ms more.
-        return now if set(executions(log1)) - completed_steps(now) else None
+        # HANG_AT never completes in this process: once logged, it is in flight until the kill.
+        return now if HANG_AT in executions(log1) else None
 
-    with worker(tmp_path, log1) as first:
+    with worker(tmp_path, log1, "--hang") as first:
         seen = poll(some_done_some_running, f"a quarter of the {total} steps to complete, more running")
         first.send_signal(signal.SIGKILL)
         assert first.wait(DEADLINE) == -signal.SIGKILL, output(tmp_path)
@@ -202,7 +202,7 @@ def test_a_worker_killed_mid_step_is_taken_over(tmp_path: Path) -> None:
     assert len(finished(at_kill)) < RUNS, "the worker finished everything before it was killed"
     check_runs_agree(db, at_kill)
     before = executions(log1)
-    assert set(before) - done_at_kill, "no step was in flight at the kill"
+    assert HANG_AT in set(before) - done_at_kill, "the hanging step was not in flight at the kill"
 
     final = run_to_completion(tmp_path, log2)
 
