@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
 __all__ = ("RunDriver",)
 
 log = logging.getLogger("replay.worker")
+
+#: Step tasks start eagerly where asyncio can (3.12+): a step that returns without
+#: awaiting anything pending is done before ``_start_step`` returns, so its outcome
+#: is in the inbox at once, with no loop turn for the task nor for waking the driver.
+#: The step still runs in a task of its own (its own context, ``current_task()``,
+#: ``asyncio.timeout``), as it does when started lazily.
+_EAGER: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 
 
 # Named tuples, not frozen attrs classes: one of these is built per step attempt,
@@ -71,7 +79,7 @@ class RunDriver:
         self.store = worker.store
         self.clock = worker.clock
         self.inbox: collections.deque[Item] = collections.deque()
-        self.signal = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # set while the driver waits for its inbox
         self.running: dict[int, asyncio.Task[None]] = {}
         self.instance: Instance | None = None
         self._timer: TimerHandle | None = None
@@ -85,7 +93,9 @@ class RunDriver:
             return  # a step that outlived its driver: its outcome is not journaled here
         self.worker.activity.inc()
         self.inbox.append(item)
-        self.signal.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def run(self) -> None:
         """Drive the run until it finishes, suspends or is lost. Never raises."""
@@ -173,11 +183,12 @@ class RunDriver:
     async def _next_batch(self) -> list[Item]:
         activity = self.worker.activity
         while not self.inbox:
-            self.signal.clear()
             activity.dec()
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
             try:
-                await self.signal.wait()
+                await waiter
             finally:
+                self._waiter = None
                 activity.inc()
         items = list(self.inbox)
         self.inbox.clear()
@@ -209,6 +220,7 @@ class RunDriver:
         tick = news = False
         for item in items:
             if isinstance(item, StepDone | StepError):
+                self.running.pop(item.seq, None)  # its outcome is being journaled: it may run again
                 if item.seq not in done:
                     entry = self._step_entry(inst, item)
                     if entry is not None:
@@ -340,16 +352,16 @@ class RunDriver:
         inst = self.instance
         assert inst is not None
         entries = inst.take_buffer()
-        now = self.clock.now()
-        kids = tuple(
-            self._child_run(op, now)
-            for e in entries
-            if e.kind == j.CHILD_STARTED and isinstance(op := inst.ops.get(e.seq), ChildOp)
-        )
+        kids: list[NewRun] = []
+        now: float | None = None
+        for e in entries:  # a plain loop: this runs for every append, and rarely finds a child
+            if e.kind == j.CHILD_STARTED and isinstance(op := inst.ops.get(e.seq), ChildOp):
+                now = self.clock.now() if now is None else now
+                kids.append(self._child_run(op, now))
         if not kids:
             return entries, update
         if update is None:
-            return entries, RunUpdate(children=kids)
+            return entries, RunUpdate(children=tuple(kids))
         return entries, attrs.evolve(update, children=(*kids, *update.children))
 
     def _child_run(self, op: ChildOp, now: float) -> NewRun:
@@ -377,8 +389,10 @@ class RunDriver:
         if op.seq in self.running:
             return
         self.worker.activity.inc()
-        self.running[op.seq] = asyncio.create_task(
-            self._execute(op), name=f"{self.run_id}:{op.seq}:{op.name}"
+        loop = asyncio.get_running_loop()
+        # Kept until its outcome is journaled (``_process``), even if it is done already.
+        self.running[op.seq] = asyncio.Task(
+            self._execute(op), loop=loop, name=f"{self.run_id}:{op.seq}:{op.name}", **_EAGER
         )
 
     async def _execute(self, op: StepOp) -> None:
@@ -391,7 +405,6 @@ class RunDriver:
                 item = StepError(op.seq, attempt, j.error_data(exc), retryable=False)
             except Exception as exc:  # noqa: BLE001 - a step's failure is journaled, whatever it is
                 item = StepError(op.seq, attempt, j.error_data(exc), self.worker.retryable(op, exc))
-            self.running.pop(op.seq, None)
             self.post(item)
         finally:
             self.worker.activity.dec()

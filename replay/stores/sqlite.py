@@ -193,7 +193,8 @@ class SqliteStore(Store):
             raise StoreError(f"{self!r} is not open: call `await store.open()` first")
         return self._writer.enqueue(job)
 
-    def _read(self, fn: Callable[..., T], *args: object) -> T:
+    def _read(self, fn: Callable[..., T], *args: object, one_statement: bool = False) -> T:
+        # A read of one statement is its own snapshot; more need a transaction around them.
         if self._writer is None:
             raise StoreError(f"{self!r} is not open: call `await store.open()` first")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -204,6 +205,8 @@ class SqliteStore(Store):
             with self._conns_lock:
                 self._read_conns.append(conn)
         try:
+            if one_statement:
+                return fn(conn, *args)
             conn.execute("BEGIN")  # one snapshot for the whole read
             try:
                 return fn(conn, *args)
@@ -221,7 +224,7 @@ class SqliteStore(Store):
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         """The run with that id, if any."""
-        return self._read(reads.get_run, run_id)
+        return self._read(reads.get_run, run_id, one_statement=True)
 
     async def list_runs(
         self,
@@ -237,7 +240,7 @@ class SqliteStore(Store):
 
     async def read_journal(self, run_id: str) -> list[Entry]:
         """A run's journal, in order."""
-        return self._read(reads.read_journal, run_id)
+        return self._read(reads.read_journal, run_id, one_statement=True)
 
     async def request_cancel(self, run_id: str, at: float) -> RunInfo | None:
         """Flag a run for cancellation and wake it."""
