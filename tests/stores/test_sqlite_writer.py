@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError, StoreError
 from replay.journal import Entry
+from replay.stores import _sqlite_writer as writer_module
 from replay.stores.base import Notice
 from replay.stores.sqlite import SqliteStore
 from replay.testing._conformance_kit import T0, W1, W2, Driven, Notices, begin, event
@@ -309,3 +311,59 @@ async def test_a_batch_that_fails_as_a_whole_is_run_again_job_by_job(store: Sqli
     assert (await store.send_event(event("partial", "y")))[1]  # the batch's own write was undone
     assert not (await store.send_event(event("a", "y")))[1]  # kept
     assert (await store.send_event(event("b", "y")))[1]  # undone
+
+
+async def test_a_group_commits_on_the_writer_thread_and_a_lone_job_on_the_loop(store: SqliteStore) -> None:
+    first, second = await runs(store, 2)
+    writer = store._writer
+    assert writer is not None and writer._conn is not None
+    commits: list[str] = []
+
+    def trace(sql: str) -> None:
+        if sql == "COMMIT":
+            commits.append(threading.current_thread().name)
+
+    writer._conn.set_trace_callback(trace)
+    await asyncio.gather(*(store.append(r.run_id, r.token, [step(r)]) for r in (first, second)))
+    await store.append(first.run_id, first.token, [Entry(3, j.SIDE_EFFECT, T0, {"name": "n", "value": 3})])
+    writer._conn.set_trace_callback(None)
+    assert [name.startswith("replay-sqlite-writer") for name in commits] == [True, False]
+    assert committed_seqs(store.path, first.run_id) == [1, 2, 3]
+
+
+async def test_the_loop_does_not_wait_for_a_writer_thread_that_cannot_start(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop hands a group's COMMIT to the thread and waits, GIL released, for the
+    # thread to take it: a bounded wait. Here the thread is busy until a loop callback
+    # frees it, so the appends complete only if the loop went on.
+    first, second = await runs(store, 2)
+    writer = store._writer
+    assert writer is not None and writer._thread is not None
+    free = threading.Event()
+    busy = writer._thread.submit(free.wait)
+    loop = asyncio.get_running_loop()
+    handed: list[int] = []
+
+    freed_by: list[str] = []
+
+    def free_from(who: str) -> None:
+        if not free.is_set():
+            freed_by.append(who)
+            free.set()
+
+    def before_commit(conn: sqlite3.Connection, jobs: int) -> None:
+        handed.append(jobs)
+        loop.call_soon(free_from, "loop")  # runs once the loop is back from handing the COMMIT over
+
+    monkeypatch.setattr(writer_module, "before_commit", before_commit)
+    watchdog = threading.Timer(10, free_from, ["watchdog"])  # a blocked loop would hang the test
+    watchdog.start()
+    try:
+        await asyncio.gather(*(store.append(r.run_id, r.token, [step(r)]) for r in (first, second)))
+    finally:
+        watchdog.cancel()
+    assert handed == [2]
+    assert freed_by == ["loop"]
+    assert busy.result() is True
+    assert committed_seqs(store.path, first.run_id) == committed_seqs(store.path, second.run_id) == [1, 2]
