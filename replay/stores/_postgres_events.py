@@ -14,7 +14,7 @@ from replay.journal import decode_value, encode_entry
 from replay.stores._flow import not_begun
 from replay.stores._postgres_reads import RUN_COLUMNS, TERMINAL_SQL, get_run, run_info
 from replay.stores._postgres_writes import Tx, create_run, one_row, track, update_run, wake
-from replay.stores._sqlite_writes import PreparedRun, PreparedUpdate
+from replay.stores._prepared import PreparedRun, PreparedUpdate
 from replay.stores.base import EventRecord, RunInfo, RunUpdate, contains
 
 __all__ = ("advance_schedule", "request_cancel", "requeue", "send_event", "unregister")

@@ -19,7 +19,7 @@ from replay.journal import encode_entry, encode_value
 from replay.stores._flow import debounce_wake, dropped, throttle_begin
 from replay.stores._postgres_reads import Conn, get_run
 from replay.stores._postgres_writes import Tx, insert_entries, track
-from replay.stores._sqlite_writes import PreparedRun
+from replay.stores._prepared import PreparedRun
 from replay.stores.base import RunInfo
 
 __all__ = ("create_under_flow", "existing", "register_cancel_on")

@@ -37,7 +37,7 @@ from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry, decode_value, encode_value
 from replay.stores._postgres_reads import TERMINAL_SQL, Conn, first_match
-from replay.stores._sqlite_writes import PreparedRun, PreparedUpdate
+from replay.stores._prepared import PreparedRun, PreparedUpdate
 from replay.stores.base import NO_FLOW, TERMINAL_STATUSES, Notice, NoticeKind, RunInfo
 
 __all__ = (

@@ -19,8 +19,9 @@ import orjson
 
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry
+from replay.stores._sqlite_journal import check_fence, track
 from replay.stores._sqlite_writer import JobFailed
-from replay.stores._sqlite_writes import append, check_fence, track
+from replay.stores._sqlite_writes import append
 from replay.stores.base import Notice
 
 __all__ = ("PlainAppend",)

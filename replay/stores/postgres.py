@@ -68,7 +68,7 @@ from replay.stores._postgres_flow import existing
 from replay.stores._postgres_plumbing import Plumbing, keep_session
 from replay.stores._postgres_reads import Conn
 from replay.stores._postgres_schema import prepare, quote
-from replay.stores._sqlite_writes import PreparedRun, PreparedUpdate
+from replay.stores._prepared import PreparedRun, PreparedUpdate
 from replay.stores.base import NO_FLOW, Claim, EventRecord, NewRun, RunInfo, RunUpdate
 
 __all__ = ("PostgresStore", "parse_url")

@@ -48,7 +48,9 @@ from replay.errors import StoreError
 from replay.journal import Entry, encode_entry, encode_value
 from replay.stores import _sqlite_reads as reads
 from replay.stores import _sqlite_writes as writes
+from replay.stores._prepared import PreparedRun, PreparedUpdate
 from replay.stores._sqlite_appends import PlainAppend
+from replay.stores._sqlite_creates import create_run
 from replay.stores._sqlite_locks import WorkerLocks
 from replay.stores._sqlite_schema import prepare
 from replay.stores._sqlite_wal import presize_wal
@@ -219,8 +221,8 @@ class SqliteStore(Store):
 
     async def create_run(self, run: NewRun) -> tuple[RunInfo, bool]:
         """Create a run and its ``workflow_started`` entry in one transaction, unless it exists."""
-        prepared = writes.PreparedRun.of(run)
-        return await self._submit(functools.partial(writes.create_run, prepared=prepared))
+        prepared = PreparedRun.of(run)
+        return await self._submit(functools.partial(create_run, prepared=prepared))
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         """The run with that id, if any."""
@@ -253,7 +255,7 @@ class SqliteStore(Store):
     async def send_event(self, event: EventRecord, starts: Sequence[NewRun] = ()) -> tuple[EventRecord, bool]:
         """Store an event (idempotent on its id), wake the runs waiting for it, create the runs it starts."""
         data = encode_value(event.data, f"the data of event {event.name!r}")
-        prepared = tuple(writes.PreparedRun.of(run) for run in starts)
+        prepared = tuple(PreparedRun.of(run) for run in starts)
         job = functools.partial(writes.send_event, event=event, data=data, starts=prepared)
         return await self._submit(job)
 
@@ -273,7 +275,7 @@ class SqliteStore(Store):
         self, name: str, previous: float | None, tick: float, run: NewRun | None
     ) -> bool:
         """Move the schedule's cursor and create the tick's run, unless another worker did."""
-        prepared = None if run is None else writes.PreparedRun.of(run)
+        prepared = None if run is None else PreparedRun.of(run)
         job = functools.partial(
             writes.advance_schedule, name=name, previous=previous, tick=tick, run=prepared
         )
@@ -322,7 +324,7 @@ class SqliteStore(Store):
             token=token,
             entries=entries,
             blobs=blobs,
-            update=writes.PreparedUpdate.of(update),
+            update=PreparedUpdate.of(update),
         )
         await self._submit(job)
 

@@ -1,0 +1,166 @@
+"""The SQLite store's job that creates a run, under its flow control.
+
+Rate limits drop a start beyond the limit as a cancelled run; a debounced
+start joins a run of its key that has not begun; throttling delays a run's
+begin. The semantics are ``MemoryStore``'s, clause for clause.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from replay import journal as j
+from replay.journal import encode_entry, encode_value
+from replay.stores._flow import debounce_wake, dropped, throttle_begin
+from replay.stores._prepared import PreparedRun
+from replay.stores._sqlite_journal import track
+from replay.stores._sqlite_reads import get_run
+from replay.stores.base import Gate, Notice, RunInfo
+
+__all__ = ("create_run",)
+
+
+def create_run(
+    conn: sqlite3.Connection, notices: list[Notice], prepared: PreparedRun
+) -> tuple[RunInfo, bool]:
+    """Create a run and its first entries unless the id exists, under its flow control."""
+    run = prepared.run
+    flow, at = run.flow, run.started_at
+    existing = get_run(conn, run.run_id)
+    if existing is None:
+        alias = conn.execute("SELECT run_id FROM run_aliases WHERE alias = ?", (run.run_id,)).fetchone()
+        existing = None if alias is None else get_run(conn, alias[0])
+    if existing is not None:
+        return existing, False
+    if flow.rate_limit is not None and _rate_limited(conn, flow.rate_limit.key, flow.rate_limit, at):
+        return _drop(conn, notices, prepared), True
+    wake: float | None = None
+    if flow.debounce is not None:
+        joined = _debounce(conn, prepared, at)
+        if joined is not None:
+            return joined, False
+        wake = debounce_wake(at, flow.debounce, at)
+    begin_at = None
+    if flow.throttle is not None:
+        begin_at = wake = throttle_begin(
+            wake or at, _begins(conn, flow.throttle.key, flow.throttle.limit), flow.throttle
+        )
+    if wake is not None and wake <= at:
+        wake = None
+    gate = flow.concurrency
+    conn.execute(
+        "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id, wake_at, "
+        "priority, concurrency_key, concurrency_limit, throttle_key, begin_at, rate_key, debounce_key) "
+        "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            run.run_id,
+            run.workflow,
+            prepared.args,
+            at,
+            at,
+            run.parent_id,
+            wake,
+            flow.priority,
+            None if gate is None else gate.key,
+            None if gate is None else gate.limit,
+            None if flow.throttle is None else flow.throttle.key,
+            begin_at,
+            None if flow.rate_limit is None else flow.rate_limit.key,
+            None if flow.debounce is None else flow.debounce.key,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
+        [
+            (run.run_id, e.seq, blob)
+            for e, blob in zip(run.entries(), (prepared.first, *prepared.rest), strict=True)
+        ],
+    )
+    _register_cancel_on(conn, run.run_id, prepared.cancel_on)
+    cancelled = False
+    if run.journal:
+        track(conn, run.run_id, run.journal)
+        cancelled = any(e.kind == j.CANCEL_REQUESTED for e in run.journal)
+        if cancelled:
+            conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run.run_id,))
+    notices.append(Notice("ready", run.run_id))
+    return run.pending(wake_at=wake, cancel_requested=cancelled), True
+
+
+def _register_cancel_on(
+    conn: sqlite3.Connection, run_id: str, cancel_on: Sequence[tuple[str, bytes]]
+) -> None:
+    conn.executemany(
+        "INSERT INTO cancel_on (run_id, name, match, after) "
+        "VALUES (?, ?, ?, (SELECT COALESCE(MAX(position), 0) FROM events))",
+        [(run_id, name, match) for name, match in cancel_on],
+    )
+
+
+def _rate_limited(conn: sqlite3.Connection, key: str, gate: Gate, at: float) -> bool:
+    (count,) = conn.execute(
+        "SELECT COUNT(*) FROM runs WHERE rate_key = ? AND created_at > ?", (key, at - gate.period)
+    ).fetchone()
+    return bool(count >= gate.limit)
+
+
+def _drop(conn: sqlite3.Connection, notices: list[Notice], prepared: PreparedRun) -> RunInfo:
+    run = prepared.run
+    assert run.flow.rate_limit is not None
+    entry, error = dropped(run.run_id, run.first, run.flow.rate_limit)
+    at = run.started_at
+    conn.execute(
+        "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id, error) "
+        "VALUES (?, ?, 'cancelled', ?, ?, ?, ?, ?)",
+        (run.run_id, run.workflow, prepared.args, at, at, run.parent_id, encode_value(error)),
+    )
+    conn.executemany(
+        "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
+        [(run.run_id, 1, prepared.first), (run.run_id, entry.seq, encode_entry(entry))],
+    )
+    notices.append(Notice("finished", run.run_id))
+    return RunInfo(
+        run.run_id, run.workflow, "cancelled", run.args, at, at, error=error, parent_id=run.parent_id
+    )
+
+
+def _debounce(conn: sqlite3.Connection, prepared: PreparedRun, at: float) -> RunInfo | None:
+    """Join a pending, never-claimed run of the same debounce key, if there is one."""
+    run = prepared.run
+    rule = run.flow.debounce
+    assert rule is not None
+    row = conn.execute(
+        "SELECT run_id, created_at, begin_at FROM runs "
+        "WHERE debounce_key = ? AND status = 'pending' AND token = 0 ORDER BY rowid LIMIT 1",
+        (rule.key,),
+    ).fetchone()
+    if row is None:
+        return None
+    run_id, created_at, old_begin = row
+    wake = debounce_wake(at, rule, created_at)
+    begin_at = None
+    if run.flow.throttle is not None:
+        begins = [
+            b for b in _begins(conn, run.flow.throttle.key, run.flow.throttle.limit + 1) if b != old_begin
+        ]
+        begin_at = wake = throttle_begin(wake, begins, run.flow.throttle)
+    conn.execute(
+        "UPDATE runs SET args = ?, wake_at = ?, begin_at = ?, updated_at = ? WHERE run_id = ?",
+        (prepared.args, wake, begin_at, at, run_id),
+    )
+    conn.execute("UPDATE journal SET entry = ? WHERE run_id = ? AND seq = 1", (prepared.first, run_id))
+    conn.execute("INSERT INTO run_aliases (alias, run_id) VALUES (?, ?)", (run.run_id, run_id))
+    conn.execute("DELETE FROM cancel_on WHERE run_id = ?", (run_id,))
+    _register_cancel_on(conn, run_id, prepared.cancel_on)
+    return get_run(conn, run_id)
+
+
+def _begins(conn: sqlite3.Connection, key: str, n: int) -> list[float]:
+    """The ``n`` latest begin times given under a throttle key, latest first."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT begin_at FROM runs WHERE throttle_key = ? ORDER BY begin_at DESC LIMIT ?", (key, n)
+        )
+    ]
