@@ -243,7 +243,7 @@ class Writer:
         # thread waits for the GIL until the loop runs out of work (or for the 5 ms
         # switch interval), and the fsync no longer overlaps the loop's work.
         started = threading.Lock()
-        started.acquire(timeout=HANDOFF_WAIT)
+        started.acquire()  # a new lock: taken at once; the thread releases it
 
         def commit() -> None:
             started.release()
