@@ -19,7 +19,7 @@ from replay.journal import encode_entry, encode_value
 from replay.stores._flow import debounce_wake, dropped, throttle_begin
 from replay.stores._postgres_reads import Conn, get_run
 from replay.stores._postgres_writes import Tx, insert_entries, track
-from replay.stores._prepared import PreparedRun
+from replay.stores._prepared import PreparedRun, flow_columns
 from replay.stores.base import RunInfo
 
 __all__ = ("create_under_flow", "existing", "register_cancel_on")
@@ -78,7 +78,6 @@ async def create_under_flow(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, boo
         wake = None
     entries = run.entries()
     cancelled = any(e.kind == j.CANCEL_REQUESTED for e in run.journal)
-    conc = flow.concurrency
     await conn.execute(
         "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id, seq, op_id,"
         " cancel_requested, wake_at, priority, concurrency_key, concurrency_limit, throttle_key, begin_at,"
@@ -93,13 +92,7 @@ async def create_under_flow(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, boo
         tx.op_id,
         cancelled,
         wake,
-        flow.priority,
-        None if conc is None else conc.key,
-        None if conc is None else conc.limit,
-        None if flow.throttle is None else flow.throttle.key,
-        begin_at,
-        None if flow.rate_limit is None else flow.rate_limit.key,
-        None if flow.debounce is None else flow.debounce.key,
+        *flow_columns(flow, begin_at),
     )
     await insert_entries(conn, run.run_id, [e.seq for e in entries], [prepared.first, *prepared.rest])
     await track(tx, run.run_id, run.journal)

@@ -10,9 +10,27 @@ from __future__ import annotations
 import attrs
 
 from replay.journal import encode_entry, encode_value
-from replay.stores.base import NewRun, RunUpdate
+from replay.stores.base import Flow, NewRun, RunUpdate
 
-__all__ = ("PreparedRun", "PreparedUpdate")
+__all__ = ("PreparedRun", "PreparedUpdate", "flow_columns")
+
+
+def flow_columns(flow: Flow, begin_at: float | None) -> tuple[object, ...]:
+    """A new run's flow-control columns, in both stores' order.
+
+    ``priority, concurrency_key, concurrency_limit, throttle_key, begin_at,
+    rate_key, debounce_key``.
+    """
+    gate = flow.concurrency
+    return (
+        flow.priority,
+        None if gate is None else gate.key,
+        None if gate is None else gate.limit,
+        None if flow.throttle is None else flow.throttle.key,
+        begin_at,
+        None if flow.rate_limit is None else flow.rate_limit.key,
+        None if flow.debounce is None else flow.debounce.key,
+    )
 
 
 @attrs.frozen

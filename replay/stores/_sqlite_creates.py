@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from replay import journal as j
 from replay.journal import encode_entry, encode_value
 from replay.stores._flow import debounce_wake, dropped, throttle_begin
-from replay.stores._prepared import PreparedRun
+from replay.stores._prepared import PreparedRun, flow_columns
 from replay.stores._sqlite_journal import track
 from replay.stores._sqlite_reads import get_run
 from replay.stores.base import Gate, Notice, RunInfo
@@ -48,7 +48,6 @@ def create_run(
         )
     if wake is not None and wake <= at:
         wake = None
-    gate = flow.concurrency
     conn.execute(
         "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id, wake_at, "
         "priority, concurrency_key, concurrency_limit, throttle_key, begin_at, rate_key, debounce_key) "
@@ -61,13 +60,7 @@ def create_run(
             at,
             run.parent_id,
             wake,
-            flow.priority,
-            None if gate is None else gate.key,
-            None if gate is None else gate.limit,
-            None if flow.throttle is None else flow.throttle.key,
-            begin_at,
-            None if flow.rate_limit is None else flow.rate_limit.key,
-            None if flow.debounce is None else flow.debounce.key,
+            *flow_columns(flow, begin_at),
         ),
     )
     conn.executemany(
