@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
 from replay import journal as j
+from replay._eager import start_task
 from replay._instance import ChildOp, Instance, Op, StepOp, TimerOp, WaitOp
 from replay.errors import LeaseLost, NonDeterminismError, SerializationError, WorkflowTimeout
 from replay.journal import Entry, round_trip
@@ -28,13 +28,6 @@ if TYPE_CHECKING:
 __all__ = ("RunDriver",)
 
 log = logging.getLogger("replay.worker")
-
-#: Step tasks start eagerly where asyncio can (3.12+): a step that returns without
-#: awaiting anything pending is done before ``_start_step`` returns, so its outcome
-#: is in the inbox at once, with no loop turn for the task nor for waking the driver.
-#: The step still runs in a task of its own (its own context, ``current_task()``,
-#: ``asyncio.timeout``), as it does when started lazily.
-_EAGER: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 
 
 # Named tuples, not frozen attrs classes: one of these is built per step attempt,
@@ -389,10 +382,12 @@ class RunDriver:
         if op.seq in self.running:
             return
         self.worker.activity.inc()
-        loop = asyncio.get_running_loop()
-        # Kept until its outcome is journaled (``_process``), even if it is done already.
-        self.running[op.seq] = asyncio.Task(
-            self._execute(op), loop=loop, name=f"{self.run_id}:{op.seq}:{op.name}", **_EAGER
+        # Started eagerly (see ``_eager``): a step that returns without waiting is done
+        # here, its outcome already in the inbox, with no loop turn for it nor for
+        # waking the driver. It still runs in a task of its own. The task is kept
+        # until its outcome is journaled (``_process``), even if it is done already.
+        self.running[op.seq] = start_task(
+            self._execute(op), asyncio.get_running_loop(), f"{self.run_id}:{op.seq}:{op.name}"
         )
 
     async def _execute(self, op: StepOp) -> None:
