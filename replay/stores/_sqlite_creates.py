@@ -20,6 +20,11 @@ from replay.stores.base import Gate, Notice, RunInfo
 
 __all__ = ("create_run",)
 
+#: Whether the id ``?1`` is a run's, and the run a start of that id joined, if one did.
+_KNOWN = (
+    "SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = ?1), (SELECT run_id FROM run_aliases WHERE alias = ?1)"
+)
+
 
 def create_run(
     conn: sqlite3.Connection, notices: list[Notice], prepared: PreparedRun
@@ -27,12 +32,12 @@ def create_run(
     """Create a run and its first entries unless the id exists, under its flow control."""
     run = prepared.run
     flow, at = run.flow, run.started_at
-    existing = get_run(conn, run.run_id)
-    if existing is None:
-        alias = conn.execute("SELECT run_id FROM run_aliases WHERE alias = ?", (run.run_id,)).fetchone()
-        existing = None if alias is None else get_run(conn, alias[0])
-    if existing is not None:
-        return existing, False
+    # One statement for the common case, a new id: is it a run, or a start that joined one?
+    exists, joined = conn.execute(_KNOWN, (run.run_id,)).fetchone()
+    if exists or joined is not None:
+        existing = get_run(conn, run.run_id if exists else joined)
+        if existing is not None:
+            return existing, False
     if flow.rate_limit is not None and _rate_limited(conn, flow.rate_limit.key, flow.rate_limit, at):
         return _drop(conn, notices, prepared), True
     wake: float | None = None
@@ -84,6 +89,8 @@ def create_run(
 def _register_cancel_on(
     conn: sqlite3.Connection, run_id: str, cancel_on: Sequence[tuple[str, bytes]]
 ) -> None:
+    if not cancel_on:
+        return  # most runs: no statement at all
     conn.executemany(
         "INSERT INTO cancel_on (run_id, name, match, after) "
         "VALUES (?, ?, ?, (SELECT COALESCE(MAX(position), 0) FROM events))",

@@ -16,6 +16,11 @@ from replay.journal import Entry, encode_value
 
 __all__ = ("check_fence", "track")
 
+#: The side tables that hold rows of a run until it ends.
+_SIDE_TABLES = ("waits", "awaited_children", "cancel_on")
+#: For each side table, whether it holds a row of the run ``?1``.
+_HELD = "SELECT " + ", ".join(f"EXISTS (SELECT 1 FROM {t} WHERE run_id = ?1)" for t in _SIDE_TABLES)
+
 
 def check_fence(run_id: str, token: int, row: Sequence[Any] | None, entries: Sequence[Entry]) -> None:
     """Raise unless ``entries`` may follow: ``row`` is the run's (token, owner, last seq).
@@ -59,7 +64,9 @@ def track(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> No
             conn.execute("UPDATE runs SET cancel_delivered = 1 WHERE run_id = ?", (run_id,))
         elif kind in j.TERMINAL_KINDS:
             # Only a journaled end closes waits: a run parked as failed keeps them
-            # for when it is retried.
-            conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
-            conn.execute("DELETE FROM awaited_children WHERE run_id = ?", (run_id,))
-            conn.execute("DELETE FROM cancel_on WHERE run_id = ?", (run_id,))
+            # for when it is retried. Most runs have none of these rows: one
+            # statement asks, and only the tables that hold some are cleared.
+            held = conn.execute(_HELD, (run_id,)).fetchone()
+            for table, has_rows in zip(_SIDE_TABLES, held, strict=True):
+                if has_rows:
+                    conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))

@@ -42,6 +42,14 @@ __all__ = (
 
 # -- write jobs (in the writer's transaction) ---------------------------------------------
 
+#: What ``_update`` needs to know of a run before it updates it.
+_STATE = "status, wake_at, parent_id, concurrency_key"
+#: An append's fence (see ``check_fence``), the run's ``updated_at``, then its ``_STATE``.
+_FENCE = (
+    "SELECT token, owner, (SELECT MAX(seq) FROM journal WHERE run_id = ?1), updated_at, "
+    f"{_STATE} FROM runs WHERE run_id = ?1"
+)
+
 
 def append(
     conn: sqlite3.Connection,
@@ -53,11 +61,7 @@ def append(
     update: PreparedUpdate | None,
 ) -> None:
     """Append fenced entries, keep waits, children and cancellation in step, apply ``update``."""
-    row = conn.execute(
-        "SELECT token, owner, (SELECT MAX(seq) FROM journal WHERE run_id = ?), updated_at "
-        "FROM runs WHERE run_id = ?",
-        (run_id, run_id),
-    ).fetchone()
+    row = conn.execute(_FENCE, (run_id,)).fetchone()
     check_fence(run_id, token, row, entries)
     conn.executemany(
         "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
@@ -65,15 +69,27 @@ def append(
     )
     track(conn, run_id, entries)
     if update is not None:
-        _update(conn, notices, run_id, update, entries[-1].at if entries else row[3])
+        _update(conn, notices, run_id, update, entries[-1].at if entries else row[3], row[4:])
+
+
+def _state(conn: sqlite3.Connection, run_id: str) -> Sequence[Any]:
+    """The run's ``_STATE`` columns."""
+    return conn.execute(f"SELECT {_STATE} FROM runs WHERE run_id = ?", (run_id,)).fetchone()  # type: ignore[no-any-return]
 
 
 def _update(
-    conn: sqlite3.Connection, notices: list[Notice], run_id: str, prepared: PreparedUpdate, at: float
+    conn: sqlite3.Connection,
+    notices: list[Notice],
+    run_id: str,
+    prepared: PreparedUpdate,
+    at: float,
+    before: Sequence[Any],
 ) -> None:
+    """Apply ``prepared`` to the run, whose ``_STATE`` columns were ``before``; queue its notices."""
     update = prepared.update
     for child in prepared.children:
         create_run(conn, notices, child)
+    status, wake_at, parent_id, concurrency_key = before  # the last two never change
     sets: list[str] = ["updated_at = ?"]
     params: list[Any] = [at]
     if update.status is not None:
@@ -83,6 +99,7 @@ def _update(
             wake = at if wake is None else min(at, wake)
         sets += ["status = ?", "wake_at = ?"]
         params += [update.status, wake]
+        status, wake_at = update.status, wake
     if prepared.result is not None:
         sets.append("result = ?")
         params.append(prepared.result)
@@ -92,9 +109,6 @@ def _update(
     if update.release:
         sets.append("owner = NULL")
     conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = ?", (*params, run_id))
-    status, wake_at, parent_id, concurrency_key = conn.execute(
-        "SELECT status, wake_at, parent_id, concurrency_key FROM runs WHERE run_id = ?", (run_id,)
-    ).fetchone()
     if concurrency_key is not None and status != "running":
         notices.append(Notice("ready", run_id))  # a slot is free: a waiting run may go
     if status in TERMINAL_STATUSES:
@@ -154,7 +168,8 @@ def request_cancel(conn: sqlite3.Connection, notices: list[Notice], run_id: str,
         )
         track(conn, run_id, [entry])
         conn.execute("UPDATE runs SET cancel_requested = 1, wake_at = NULL WHERE run_id = ?", (run_id,))
-        _update(conn, notices, run_id, PreparedUpdate.of(RunUpdate(status="cancelled")), at)
+        cancelled = PreparedUpdate.of(RunUpdate(status="cancelled"))
+        _update(conn, notices, run_id, cancelled, at, _state(conn, run_id))
         return get_run(conn, run_id)
     conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
     _wake(conn, notices, run_id, at)
