@@ -20,9 +20,10 @@ from replay.stores.base import Gate, Notice, RunInfo
 
 __all__ = ("create_run",)
 
-#: Whether the id ``?1`` is a run's, and the run a start of that id joined, if one did.
+#: Whether the id ``:run_id`` is a run's, and the run a start of that id joined, if one did.
 _KNOWN = (
-    "SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = ?1), (SELECT run_id FROM run_aliases WHERE alias = ?1)"
+    "SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = :run_id), "
+    "(SELECT run_id FROM run_aliases WHERE alias = :run_id)"
 )
 
 
@@ -33,7 +34,7 @@ def create_run(
     run = prepared.run
     flow, at = run.flow, run.started_at
     # One statement for the common case, a new id: is it a run, or a start that joined one?
-    exists, joined = conn.execute(_KNOWN, (run.run_id,)).fetchone()
+    exists, joined = conn.execute(_KNOWN, {"run_id": run.run_id}).fetchone()
     if exists or joined is not None:
         existing = get_run(conn, run.run_id if exists else joined)
         if existing is not None:

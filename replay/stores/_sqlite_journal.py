@@ -18,8 +18,8 @@ __all__ = ("check_fence", "track")
 
 #: The side tables that hold rows of a run until it ends.
 _SIDE_TABLES = ("waits", "awaited_children", "cancel_on")
-#: For each side table, whether it holds a row of the run ``?1``.
-_HELD = "SELECT " + ", ".join(f"EXISTS (SELECT 1 FROM {t} WHERE run_id = ?1)" for t in _SIDE_TABLES)
+#: For each side table, whether it holds a row of the run ``:run_id``.
+_HELD = "SELECT " + ", ".join(f"EXISTS (SELECT 1 FROM {t} WHERE run_id = :run_id)" for t in _SIDE_TABLES)
 
 
 def check_fence(run_id: str, token: int, row: Sequence[Any] | None, entries: Sequence[Entry]) -> None:
@@ -66,7 +66,7 @@ def track(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> No
             # Only a journaled end closes waits: a run parked as failed keeps them
             # for when it is retried. Most runs have none of these rows: one
             # statement asks, and only the tables that hold some are cleared.
-            held = conn.execute(_HELD, (run_id,)).fetchone()
+            held = conn.execute(_HELD, {"run_id": run_id}).fetchone()
             for table, has_rows in zip(_SIDE_TABLES, held, strict=True):
                 if has_rows:
                     conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))

@@ -46,8 +46,8 @@ __all__ = (
 _STATE = "status, wake_at, parent_id, concurrency_key"
 #: An append's fence (see ``check_fence``), the run's ``updated_at``, then its ``_STATE``.
 _FENCE = (
-    "SELECT token, owner, (SELECT MAX(seq) FROM journal WHERE run_id = ?1), updated_at, "
-    f"{_STATE} FROM runs WHERE run_id = ?1"
+    "SELECT token, owner, (SELECT MAX(seq) FROM journal WHERE run_id = :run_id), updated_at, "
+    f"{_STATE} FROM runs WHERE run_id = :run_id"
 )
 
 
@@ -61,7 +61,7 @@ def append(
     update: PreparedUpdate | None,
 ) -> None:
     """Append fenced entries, keep waits, children and cancellation in step, apply ``update``."""
-    row = conn.execute(_FENCE, (run_id,)).fetchone()
+    row = conn.execute(_FENCE, {"run_id": run_id}).fetchone()
     check_fence(run_id, token, row, entries)
     conn.executemany(
         "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
