@@ -44,6 +44,7 @@ __all__ = (
 
 #: What ``_update`` needs to know of a run before it updates it.
 _STATE = "status, wake_at, parent_id, concurrency_key"
+_STATE_OF = f"SELECT {_STATE} FROM runs WHERE run_id = ?"
 #: An append's fence (see ``check_fence``), the run's ``updated_at``, then its ``_STATE``.
 _FENCE = (
     "SELECT token, owner, (SELECT MAX(seq) FROM journal WHERE run_id = :run_id), updated_at, "
@@ -74,7 +75,8 @@ def append(
 
 def _state(conn: sqlite3.Connection, run_id: str) -> Sequence[Any]:
     """The run's ``_STATE`` columns."""
-    return conn.execute(f"SELECT {_STATE} FROM runs WHERE run_id = ?", (run_id,)).fetchone()  # type: ignore[no-any-return]
+    row: Sequence[Any] = conn.execute(_STATE_OF, (run_id,)).fetchone()
+    return row
 
 
 def _update(
