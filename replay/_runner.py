@@ -65,9 +65,12 @@ Item = StepDone | StepError | Tick | News
 class RunDriver:
     """Owns one run while it is hot. Created by the worker per claim."""
 
-    def __init__(self, worker: Worker, claim: Claim) -> None:
+    def __init__(self, worker: Worker, claim: Claim, heard: bool) -> None:
         self.worker = worker
         self.claim = claim
+        # Whether the run may have been asked to cancel since the claim read its row
+        # (news arrived while the claim was in flight, or the caller cannot tell).
+        self._maybe_cancelled = heard or claim.cancel_requested
         self.run_id = claim.run_id
         self.store = worker.store
         self.clock = worker.clock
@@ -149,7 +152,9 @@ class RunDriver:
             await self._park(exc)
             return
         # Whatever happened while no worker watched: events, children, cancellation, timers.
-        await self._process([News(), Tick()])
+        # A cancellation requested before the claim is in the claim; one after it is
+        # news, heard by this driver, or by the worker while the claim was in flight.
+        await self._process([News(), Tick()], cancel=self._maybe_cancelled)
         while True:
             if self.finished:
                 return
@@ -204,7 +209,11 @@ class RunDriver:
 
     # -- turning outcomes into entries ---------------------------------------------
 
-    async def _process(self, items: list[Item]) -> None:
+    async def _process(self, items: list[Item], *, cancel: bool = True) -> None:
+        """Journal the outcomes in ``items``, then deliver them.
+
+        ``cancel``: on news, also ask the store whether the run was asked to cancel.
+        """
         inst = self.instance
         assert inst is not None
         completions: list[Entry] = []
@@ -230,7 +239,7 @@ class RunDriver:
                 return
             completions.extend(await self._due(inst, restart, done))
         if news:
-            completions.extend(await self._news(inst, done))
+            completions.extend(await self._news(inst, done, cancel))
         if completions:
             buffered, update = self._take_buffer()
             await self.store.append(self.run_id, self.claim.token, buffered + completions, update)
@@ -255,7 +264,7 @@ class RunDriver:
             data["retry_at"] = self.clock.now() + op.retry.delay(item.attempt, self.worker.rng.random())
         return inst.alloc(j.STEP_FAILED, data)
 
-    async def _news(self, inst: Instance, done: set[int]) -> list[Entry]:
+    async def _news(self, inst: Instance, done: set[int], cancel: bool) -> list[Entry]:
         found: list[Entry] = []
         if any(isinstance(op, WaitOp) and op.seq not in done for op in inst.ops.values()):
             for seq, event in await self.store.poll_waits(self.run_id):
@@ -277,7 +286,7 @@ class RunDriver:
                             "message": "the child run was cancelled",
                         }
                     found.append(inst.alloc(j.CHILD_COMPLETED, data))
-        if not inst.cancel_requested:
+        if cancel and not inst.cancel_requested:
             info = await self.store.get_run(self.run_id)
             if info is not None and info.cancel_requested:
                 found.append(inst.alloc(j.CANCEL_REQUESTED, {}))

@@ -151,6 +151,9 @@ class Worker:
         # of the journaled ones as it grows (see ``_unjournaled``).
         self._attempts: dict[tuple[str, int, int], tuple[RunDriver, StepInfo]] = {}
         self._attempts_pruned_at = 0
+        # Runs told of news while a claim was in flight: the claim read its rows
+        # before that news, and its driver did not exist yet to hear it.
+        self._news_in_claim: set[str] | None = None
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -287,6 +290,8 @@ class Worker:
 
                 driver.post(News())
                 return
+            if self._news_in_claim is not None:
+                self._news_in_claim.add(notice.run_id)
         if notice.kind in ("ready", "news") or (notice.kind == "event" and self._triggers):
             self._wake()
 
@@ -332,9 +337,16 @@ class Worker:
             free = self.max_runs - len(self.drivers)
             if free <= 0:
                 return
-            claims = await self.store.claim(self.worker_id, self._names, self.clock.now(), min(free, batch))
+            heard: set[str] = set()
+            self._news_in_claim = heard
+            try:
+                claims = await self.store.claim(
+                    self.worker_id, self._names, self.clock.now(), min(free, batch)
+                )
+            finally:
+                self._news_in_claim = None
             for claim in claims:
-                self._start_driver(claim)
+                self._start_driver(claim, claim.run_id in heard)
             if len(claims) < min(free, batch):
                 break
         wake = await self.store.next_wake_at(self._names)
@@ -355,13 +367,14 @@ class Worker:
         self._wake_timer_at = None
         self._wake()
 
-    def _start_driver(self, claim: Claim) -> None:
+    def _start_driver(self, claim: Claim, heard: bool) -> None:
+        """Drive ``claim``'s run; ``heard``: news of it came after the claim read its row."""
         old = self.drivers.get(claim.run_id)
         if old is not None:
             # Claimed again while still hot here: the old lease is void, drop it.
             for step in old.running.values():
                 step.cancel()
-        driver = RunDriver(self, claim)
+        driver = RunDriver(self, claim, heard)
         self.drivers[claim.run_id] = driver
         self.activity.inc()
         task = asyncio.create_task(driver.run(), name=f"{self.worker_id}:{claim.run_id}")

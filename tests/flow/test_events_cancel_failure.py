@@ -131,6 +131,34 @@ async def test_cancel_reaches_a_running_workflow_at_its_next_await(env_for: Call
     assert after == ["cleanup"]
 
 
+async def test_a_cancel_between_the_claim_and_its_driver_is_not_lost(env_for: Callable[..., TestEnv]) -> None:
+    """The claim read the run's row before the request, and no driver existed to hear it."""
+    app = replay.App("cancel-in-claim", store="memory://")
+
+    @app.workflow()
+    async def nap(ctx: replay.Context) -> str:
+        await ctx.sleep(timedelta(milliseconds=100))  # stays hot: no suspension to notice it
+        return "slept"
+
+    async with env_for(app) as env:
+        store = env.worker.store
+        claim = store.claim
+
+        async def claim_then_cancel(*args: Any) -> Any:
+            claims = await claim(*args)
+            for c in claims:
+                assert not c.cancel_requested
+                await store.request_cancel(c.run_id, env.now())
+            return claims
+
+        store.claim = claim_then_cancel  # type: ignore[method-assign]
+        run = await app.start(nap)
+        await env.idle()
+        await env.advance(timedelta(seconds=1))
+        with pytest.raises(replay.Cancelled):
+            await run.result()
+
+
 async def test_on_failure_runs_a_handler_with_the_run_id_and_error(env_for: Callable[..., TestEnv]) -> None:
     app = replay.App("on-failure", store="memory://")
     alerts: list[tuple[str, str, str]] = []
