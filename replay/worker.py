@@ -151,8 +151,8 @@ class Worker:
         # of the journaled ones as it grows (see ``_unjournaled``).
         self._attempts: dict[tuple[str, int, int], tuple[RunDriver, StepInfo]] = {}
         self._attempts_pruned_at = 0
-        # Runs told of news while a claim was in flight: the claim read its rows
-        # before that news, and its driver did not exist yet to hear it.
+        # Runs told of news while a claim was in flight: the claim may have read
+        # their rows before it, and the drivers it starts were not there to hear it.
         self._news_in_claim: set[str] | None = None
 
     async def __aenter__(self) -> Worker:
@@ -284,14 +284,15 @@ class Worker:
 
     def _on_notice(self, notice: Notice) -> None:
         if notice.kind == "news":
+            if self._news_in_claim is not None:
+                # Even with a driver here: a run claimed again replaces it, unheard.
+                self._news_in_claim.add(notice.run_id)
             driver = self.drivers.get(notice.run_id)
             if driver is not None:
                 from replay._runner import News
 
                 driver.post(News())
                 return
-            if self._news_in_claim is not None:
-                self._news_in_claim.add(notice.run_id)
         if notice.kind in ("ready", "news") or (notice.kind == "event" and self._triggers):
             self._wake()
 
