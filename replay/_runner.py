@@ -164,7 +164,9 @@ class RunDriver:
             if inst.outcome is not None:
                 await self._finish()
                 return
-            await self._dispatch()
+            if self._dispatch():
+                entries, update = self._take_buffer()
+                await self.store.append(self.run_id, self.claim.token, entries, update)
             if not self.inbox:
                 wake = inst.wake_at()
                 now = self.clock.now()
@@ -172,13 +174,17 @@ class RunDriver:
                     await self._suspend(wake)
                     return
                 self._arm(wake)
-            items = await self._next_batch()
+                await self._wait_for_inbox()
+            items = list(self.inbox)
+            self.inbox.clear()
             try:
                 await self._process(items)
             finally:
                 worker.activity.dec(len(items))
 
-    async def _next_batch(self) -> list[Item]:
+    async def _wait_for_inbox(self) -> None:
+        # Awaited only when the inbox is empty: most steps finish as they start (see
+        # ``_start_step``), and a coroutine per step would cost more than this check.
         activity = self.worker.activity
         while not self.inbox:
             activity.dec()
@@ -188,9 +194,6 @@ class RunDriver:
             finally:
                 self._waiter = None
                 activity.inc()
-        items = list(self.inbox)
-        self.inbox.clear()
-        return items
 
     def _arm(self, wake: float | None) -> None:
         if wake == self._timer_at:
@@ -323,12 +326,13 @@ class RunDriver:
 
     # -- executing new commands --------------------------------------------------------
 
-    async def _dispatch(self) -> None:
+    def _dispatch(self) -> bool:
+        """Start the new steps; whether the buffer must be appended now (a wait or a child began)."""
         inst = self.instance
         assert inst is not None
         ops: list[Op] = inst.take_new_ops()
         if not ops:
-            return
+            return False
         buffered = {e.seq for e in inst.buffer}
         flush = False
         now = self.clock.now()
@@ -340,9 +344,7 @@ class RunDriver:
             elif isinstance(op, WaitOp | ChildOp):
                 # A wait begins once it is journaled; a child run starts with its entry.
                 flush = flush or op.seq in buffered
-        if flush:
-            entries, update = self._take_buffer()
-            await self.store.append(self.run_id, self.claim.token, entries, update)
+        return flush
 
     def _take_buffer(self, update: RunUpdate | None = None) -> tuple[list[Entry], RunUpdate | None]:
         """The buffered entries to append, and ``update`` with the child runs they start.
