@@ -223,7 +223,18 @@ class NewRun:
 
 @attrs.frozen
 class Claim:
-    """A run a worker now owns, with the token its appends must carry."""
+    """A run a worker now owns, with the token its appends must carry.
+
+    Attributes:
+        run_id: the claimed run.
+        workflow: its workflow's name.
+        token: the fencing token every append for this ownership must carry.
+        cancel_requested: whether the run's row said "cancel" when the claim
+            took it, read in the claim's own transaction. It stays True once a
+            cancellation was requested, even after the worker journaled it. The
+            worker trusts a False here and does not read the row again: a
+            cancellation requested after the claim reaches it as news.
+    """
 
     run_id: str
     workflow: str
@@ -419,7 +430,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim(self, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
-        """Take ownership of up to ``limit`` claimable runs of these workflows."""
+        """Take ownership of up to ``limit`` claimable runs of these workflows.
+
+        Each ``Claim`` carries a fresh token and the run's ``cancel_requested``
+        as read in the same transaction that took it (see ``Claim``): a store
+        that reports False for a run already asked to cancel loses that
+        cancellation until other news arrives for the run.
+        """
 
     @abc.abstractmethod
     async def append(

@@ -159,6 +159,45 @@ async def test_a_cancel_between_the_claim_and_its_driver_is_not_lost(env_for: Ca
             await run.result()
 
 
+async def test_a_cancel_during_a_reclaim_of_a_hot_run_is_not_lost(env_for: Callable[..., TestEnv]) -> None:
+    """The run is claimed again while its old driver is still here: the news goes to the old one."""
+    app = replay.App("cancel-in-reclaim", store="memory://")
+
+    @app.workflow()
+    async def nap(ctx: replay.Context) -> str:
+        await ctx.sleep(timedelta(milliseconds=100))  # stays hot: no suspension to notice it
+        return "slept"
+
+    async with env_for(app) as env:
+        worker = env.worker
+        store = worker.store
+        run = await app.start(nap)
+        await env.idle()
+        old = worker.drivers[run.run_id]
+        claim = store.claim
+        reclaimed: list[bool] = []
+
+        async def claim_then_cancel(*args: Any) -> Any:
+            claims = await claim(*args)
+            for c in claims:
+                if c.run_id == run.run_id and worker.drivers.get(c.run_id) is old:
+                    assert not c.cancel_requested
+                    await store.request_cancel(c.run_id, env.now())
+                    reclaimed.append(True)
+            return claims
+
+        store.claim = claim_then_cancel  # type: ignore[method-assign]
+        # The store forgets the worker, as it does a worker past its lease: the hot run is claimable.
+        await store.unregister_worker(worker.worker_id)
+        await store.register_worker(worker.worker_id)
+        worker._wake()
+        await env.idle()
+        assert reclaimed == [True]
+        await env.advance(timedelta(seconds=1))
+        with pytest.raises(replay.Cancelled):
+            await run.result()
+
+
 async def test_on_failure_runs_a_handler_with_the_run_id_and_error(env_for: Callable[..., TestEnv]) -> None:
     app = replay.App("on-failure", store="memory://")
     alerts: list[tuple[str, str, str]] = []
