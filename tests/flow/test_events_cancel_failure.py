@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import replay
+from replay.stores.base import Claim
 from replay.testing import TestEnv
 
 
@@ -131,29 +132,45 @@ async def test_cancel_reaches_a_running_workflow_at_its_next_await(env_for: Call
     assert after == ["cleanup"]
 
 
-async def test_a_cancel_between_the_claim_and_its_driver_is_not_lost(env_for: Callable[..., TestEnv]) -> None:
-    """The claim read the run's row before the request, and no driver existed to hear it."""
-    app = replay.App("cancel-in-claim", store="memory://")
+def _napping(name: str) -> tuple[replay.App, Any]:
+    """An app whose workflow sleeps 100 ms and stays hot: no suspension to notice a cancel."""
+    app = replay.App(name, store="memory://")
 
     @app.workflow()
     async def nap(ctx: replay.Context) -> str:
-        await ctx.sleep(timedelta(milliseconds=100))  # stays hot: no suspension to notice it
+        await ctx.sleep(timedelta(milliseconds=100))
         return "slept"
 
-    async with env_for(app) as env:
-        store = env.worker.store
-        claim = store.claim
+    return app, nap
 
-        async def claim_then_cancel(*args: Any) -> Any:
-            claims = await claim(*args)
-            for c in claims:
+
+def _cancel_right_after_claims(env: TestEnv, which: Callable[[Claim], bool]) -> list[str]:
+    """Request a cancel of each run ``which`` picks as soon as a claim took it; returns their ids."""
+    store = env.worker.store
+    claim = store.claim
+    cancelled: list[str] = []
+
+    async def claim_then_cancel(*args: Any) -> Any:
+        claims = await claim(*args)
+        for c in claims:
+            if which(c):
                 assert not c.cancel_requested
                 await store.request_cancel(c.run_id, env.now())
-            return claims
+                cancelled.append(c.run_id)
+        return claims
 
-        store.claim = claim_then_cancel  # type: ignore[method-assign]
+    store.claim = claim_then_cancel  # type: ignore[method-assign]
+    return cancelled
+
+
+async def test_a_cancel_between_the_claim_and_its_driver_is_not_lost(env_for: Callable[..., TestEnv]) -> None:
+    """The claim read the run's row before the request, and no driver existed to hear it."""
+    app, nap = _napping("cancel-in-claim")
+    async with env_for(app) as env:
+        cancelled = _cancel_right_after_claims(env, lambda c: True)
         run = await app.start(nap)
         await env.idle()
+        assert cancelled == [run.run_id]
         await env.advance(timedelta(seconds=1))
         with pytest.raises(replay.Cancelled):
             await run.result()
@@ -161,38 +178,19 @@ async def test_a_cancel_between_the_claim_and_its_driver_is_not_lost(env_for: Ca
 
 async def test_a_cancel_during_a_reclaim_of_a_hot_run_is_not_lost(env_for: Callable[..., TestEnv]) -> None:
     """The run is claimed again while its old driver is still here: the news goes to the old one."""
-    app = replay.App("cancel-in-reclaim", store="memory://")
-
-    @app.workflow()
-    async def nap(ctx: replay.Context) -> str:
-        await ctx.sleep(timedelta(milliseconds=100))  # stays hot: no suspension to notice it
-        return "slept"
-
+    app, nap = _napping("cancel-in-reclaim")
     async with env_for(app) as env:
         worker = env.worker
-        store = worker.store
         run = await app.start(nap)
         await env.idle()
         old = worker.drivers[run.run_id]
-        claim = store.claim
-        reclaimed: list[bool] = []
-
-        async def claim_then_cancel(*args: Any) -> Any:
-            claims = await claim(*args)
-            for c in claims:
-                if c.run_id == run.run_id and worker.drivers.get(c.run_id) is old:
-                    assert not c.cancel_requested
-                    await store.request_cancel(c.run_id, env.now())
-                    reclaimed.append(True)
-            return claims
-
-        store.claim = claim_then_cancel  # type: ignore[method-assign]
+        cancelled = _cancel_right_after_claims(env, lambda c: worker.drivers.get(c.run_id) is old)
         # The store forgets the worker, as it does a worker past its lease: the hot run is claimable.
-        await store.unregister_worker(worker.worker_id)
-        await store.register_worker(worker.worker_id)
+        await worker.store.unregister_worker(worker.worker_id)
+        await worker.store.register_worker(worker.worker_id)
         worker._wake()
         await env.idle()
-        assert reclaimed == [True]
+        assert cancelled == [run.run_id]
         await env.advance(timedelta(seconds=1))
         with pytest.raises(replay.Cancelled):
             await run.result()
