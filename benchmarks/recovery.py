@@ -31,6 +31,8 @@ from pathlib import Path
 from _common import report
 from _postgres import is_postgres, scratch
 
+from replay.journal import decode_entries
+
 HERE = Path(__file__).parent
 
 WORKER = """
@@ -98,10 +100,10 @@ def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
 def completed(url: str) -> set[tuple[str, int]]:
     done = set()
     for run_id, entry in _rows(url, "SELECT run_id, entry FROM journal"):
-        blob = bytes(entry)  # type: ignore[arg-type]
-        if b'"step_completed"' in blob:
-            seq = int(blob.split(b'"op":', 1)[1].split(b",", 1)[0].split(b"}", 1)[0])
-            done.add((str(run_id), seq))
+        # A SQLite row may hold several entries, joined by commas (one append's).
+        for e in decode_entries([bytes(entry)]):  # type: ignore[arg-type]
+            if e.kind == "step_completed":
+                done.add((str(run_id), e.data["op"]))
     return done
 
 

@@ -4,7 +4,8 @@ Most writes under load are a step's completion: one entry appended under the
 run's fence, nothing else. Run one by one, each costs two statements and their
 Python round trips on the event loop's thread, about as much as the rest of the
 step. ``PlainAppend.run_many`` does a whole group's worth in two statements: one
-read of every run's fence and last seq, one insert of every entry. Each append
+read of every run's fence and last seq, one insert of a journal row per append
+(see ``_sqlite_journal.row_blob``). Each append
 still fails alone: the fences are checked in Python before anything is written,
 and the failing append is named to the writer, which then runs the group again,
 each job alone (see ``_sqlite_writer``).
@@ -19,7 +20,7 @@ import orjson
 
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry
-from replay.stores._sqlite_journal import check_fence, track
+from replay.stores._sqlite_journal import check_fence, row_blob, track
 from replay.stores._sqlite_writer import JobFailed
 from replay.stores._sqlite_writes import append
 from replay.stores.base import Notice
@@ -63,20 +64,15 @@ class PlainAppend:
             row[0]: row
             for row in conn.execute(_FENCES, (orjson.dumps([job.run_id for job in jobs]),)).fetchall()
         }
-        rows: list[tuple[str, int, bytearray]] = []
+        rows: list[tuple[str, int, bytearray]] = []  # one per append (see ``row_blob``)
         for index, job in enumerate(jobs):
             fence = fences.get(job.run_id)
             try:
                 check_fence(job.run_id, job.token, None if fence is None else fence[1:], job.entries)
             except (LeaseLost, ReplayInternalError) as exc:
                 raise JobFailed(index, exc) from exc
-            # As bytearray: the sqlite3 module binds int, float, str and bytearray as they
-            # are, but first looks for an adapter for anything else, bytes included, and
-            # that failed lookup formats an AttributeError inside (~2,000 instructions,
-            # far more than the copy): 1.3% of a W1 run's instructions. Same BLOB stored.
-            rows.extend(
-                (job.run_id, e.seq, bytearray(b)) for e, b in zip(job.entries, job.blobs, strict=True)
-            )
+            if job.entries:
+                rows.append((job.run_id, job.entries[-1].seq, row_blob(job.blobs)))
         conn.executemany("INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)", rows)
         for job in jobs:
             track(conn, job.run_id, job.entries)

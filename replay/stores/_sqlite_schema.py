@@ -112,6 +112,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         tick REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    """
+    -- A journal row may hold several consecutive entries: those one append wrote,
+    -- their encodings joined by commas, keyed by the last one's seq (see
+    -- replay.stores._sqlite_journal.row_blob). The tables do not change; the version
+    -- does, so that an older replay refuses the file instead of misreading such a row.
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

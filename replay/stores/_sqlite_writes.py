@@ -17,7 +17,7 @@ from replay.journal import Entry, decode_value, encode_entry
 from replay.stores._flow import not_begun
 from replay.stores._prepared import PreparedRun, PreparedUpdate
 from replay.stores._sqlite_creates import create_run
-from replay.stores._sqlite_journal import check_fence, track
+from replay.stores._sqlite_journal import check_fence, row_blob, track
 from replay.stores._sqlite_reads import TERMINAL_SQL, first_match, get_run
 from replay.stores.base import (
     TERMINAL_STATUSES,
@@ -64,10 +64,11 @@ def append(
     """Append fenced entries, keep waits, children and cancellation in step, apply ``update``."""
     row = conn.execute(_FENCE, {"run_id": run_id}).fetchone()
     check_fence(run_id, token, row, entries)
-    conn.executemany(
-        "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
-        [(run_id, e.seq, blob) for e, blob in zip(entries, blobs, strict=True)],
-    )
+    if entries:
+        conn.execute(
+            "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
+            (run_id, entries[-1].seq, row_blob(blobs)),
+        )
     track(conn, run_id, entries)
     if update is not None:
         _update(conn, notices, run_id, update, entries[-1].at if entries else row[3], row[4:])

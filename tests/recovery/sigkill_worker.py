@@ -72,8 +72,8 @@ def build(db: str, log: str, hang: bool = False) -> tuple[replay.App, Any]:
 
 
 def journal_rows(conn: sqlite3.Connection) -> list[list[Any]]:
-    rows = conn.execute("SELECT run_id, seq, entry FROM journal ORDER BY run_id, seq").fetchall()
-    return [[run_id, seq, decode_entries([blob])[0].kind] for run_id, seq, blob in rows]
+    rows = conn.execute("SELECT run_id, entry FROM journal ORDER BY run_id, seq").fetchall()
+    return [[run_id, e.seq, e.kind] for run_id, blob in rows for e in decode_entries([blob])]
 
 
 def kill_in_group(db: str, first: int, report: str) -> Callable[[sqlite3.Connection, int], None]:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from replay.errors import SchemaError, StoreError
+from replay import journal as j
+from replay.errors import ReplayInternalError, SchemaError, StoreError
+from replay.journal import Entry
 from replay.stores import open_store
 from replay.stores._sqlite_schema import SCHEMA_VERSION
 from replay.stores.sqlite import SqliteStore, parse_url
@@ -184,9 +186,14 @@ async def test_a_version_1_file_is_migrated_with_its_runs_intact(tmp_path: Path)
         "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at) "
         "VALUES ('old', 'wf', 'pending', '[1]', 1.0, 1.0)"
     )
-    conn.execute(
-        "INSERT INTO journal (run_id, seq, entry) VALUES "
-        """('old', 1, '[1,"workflow_started",1.0,{"workflow":"wf","args":[1],"journal":1}]')"""
+    # Up to version 2, one row per entry.
+    conn.executemany(
+        "INSERT INTO journal (run_id, seq, entry) VALUES ('old', ?, ?)",
+        [
+            (1, b'[1,"workflow_started",1.0,{"workflow":"wf","args":[1],"journal":1}]'),
+            (2, b'[2,"step_scheduled",1.0,{"name":"s","args":[]}]'),
+            (3, b'[3,"step_completed",1.0,{"op":2,"attempt":1,"result":7}]'),
+        ],
     )
     conn.close()
     store = SqliteStore(url(path))
@@ -194,10 +201,36 @@ async def test_a_version_1_file_is_migrated_with_its_runs_intact(tmp_path: Path)
     try:
         info = await store.get_run("old")
         assert info is not None and info.args == [1] and info.status == "pending"
-        assert [c.run_id for c in await store.claim("w", ["wf"], 2.0, 10)] == ["old"]
+        [claim] = await store.claim("w", ["wf"], 2.0, 10)
+        assert claim.run_id == "old"
         assert await store.advance_schedule("cron:wf", None, 5.0, None)  # a version-2 table
+        # Version 3: one row per append, after the old rows.
+        more = [
+            Entry(4, j.STEP_SCHEDULED, 3.0, {"name": "s", "args": []}),
+            Entry(5, j.STEP_COMPLETED, 3.0, {"op": 4, "attempt": 1, "result": 8}),
+        ]
+        await store.append("old", claim.token, more)
+        journal = await store.read_journal("old")
+        assert [(e.seq, e.kind) for e in journal] == [
+            (1, j.WORKFLOW_STARTED),
+            (2, j.STEP_SCHEDULED),
+            (3, j.STEP_COMPLETED),
+            (4, j.STEP_SCHEDULED),
+            (5, j.STEP_COMPLETED),
+        ]
+        assert journal[4].data["result"] == 8
+        with pytest.raises(ReplayInternalError):  # the fence still knows the last seq
+            await store.append(
+                "old", claim.token, [Entry(5, j.STEP_SCHEDULED, 4.0, {"name": "s", "args": []})]
+            )
     finally:
         await store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM replay_schema").fetchone() == (SCHEMA_VERSION,) == (2,)
+    assert conn.execute("SELECT version FROM replay_schema").fetchone() == (SCHEMA_VERSION,) == (3,)
+    assert [r[0] for r in conn.execute("SELECT seq FROM journal WHERE run_id = 'old' ORDER BY seq")] == [
+        1,
+        2,
+        3,
+        5,
+    ]
     conn.close()

@@ -13,7 +13,7 @@ import pytest
 
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError, StoreError
-from replay.journal import Entry
+from replay.journal import Entry, decode_entries
 from replay.stores import _sqlite_writer as writer_module
 from replay.stores.base import Notice
 from replay.stores.sqlite import SqliteStore
@@ -42,12 +42,11 @@ def write_locked(path: str) -> Iterator[sqlite3.Connection]:
 
 
 def committed_seqs(path: str, run_id: str) -> list[int]:
-    """The run's journal as another connection sees it: committed entries only."""
+    """The seqs of the run's journal as another connection sees it: committed entries only."""
     conn = sqlite3.connect(path)
     try:
-        return [
-            r[0] for r in conn.execute("SELECT seq FROM journal WHERE run_id = ? ORDER BY seq", (run_id,))
-        ]
+        rows = conn.execute("SELECT entry FROM journal WHERE run_id = ? ORDER BY seq", (run_id,))
+        return [e.seq for e in decode_entries([r[0] for r in rows])]
     finally:
         conn.close()
 
