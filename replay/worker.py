@@ -101,9 +101,9 @@ class Worker:
         max_runs: the most runs it keeps hot at once.
         keep_hot: a run with no step running stays in memory if its next timer
             is due within this many seconds; otherwise it is suspended and evicted.
-        poll_interval: also look for claimable runs this often (seconds), for
-            stores whose other processes cannot notify this one; default: the
-            store's ``poll_interval``.
+        poll_interval: also look for claimable runs this often (seconds), and
+            for news of the runs it keeps hot, for stores whose other processes
+            cannot notify this one; default: the store's ``poll_interval``.
         seed: seed for retry jitter (tests).
         on_step: called as each step attempt starts (tests count executions with it).
         step_mocks: step name -> a function to run instead of the step (``TestEnv.mock_step``).
@@ -154,6 +154,7 @@ class Worker:
         # Runs told of news while a claim was in flight: the claim may have read
         # their rows before it, and the drivers it starts were not there to hear it.
         self._news_in_claim: set[str] | None = None
+        self._news_polled_at = float("-inf")  # the loop's time of the last ``_hear_news`` query
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -332,6 +333,7 @@ class Worker:
             self._wake_pending = False
 
     async def _claim_pass(self) -> None:
+        await self._hear_news()
         next_tick = await self._triggers.fire() if self._triggers else None
         batch = 100
         while True:
@@ -362,6 +364,27 @@ class Worker:
                 self._wake_timer.cancel()
             self._wake_timer = None if wake is None else self.clock.call_at(wake, self._on_wake_timer)
             self._wake_timer_at = wake
+
+    async def _hear_news(self) -> None:
+        """Every ``poll_interval``: news for hot runs that no notice may have brought.
+
+        A cancellation, an event or a child's end recorded by another process
+        reaches this one as a notice only where the store can send one across
+        processes. Without it a run kept in memory would not hear of it until
+        it suspends; the store says which runs have news (``runs_with_news``).
+        """
+        if self.poll_interval is None or not self.drivers:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._news_polled_at < self.poll_interval:
+            return
+        self._news_polled_at = now
+        from replay._runner import News
+
+        for run_id in await self.store.runs_with_news(self.worker_id):
+            driver = self.drivers.get(run_id)
+            if driver is not None:
+                driver.post(News())
 
     def _on_wake_timer(self) -> None:
         self._wake_timer = None

@@ -28,6 +28,7 @@ __all__ = (
     "list_runs",
     "next_wake_at",
     "poll_waits",
+    "runs_with_news",
     "read_journal",
     "run_info",
 )
@@ -120,6 +121,30 @@ async def first_match(
         if len(rows) < _PAGE:
             return None
         after = rows[-1][0]
+
+
+async def runs_with_news(conn: Conn, worker_id: str) -> list[str]:
+    """Running runs of ``worker_id`` with an undelivered cancel, a finished child or a matching event."""
+    rows = await conn.fetch(
+        "SELECT run_id FROM runs WHERE owner = $1 AND status = 'running' "
+        "AND cancel_requested AND NOT cancel_delivered "
+        "UNION SELECT a.run_id FROM awaited_children a "
+        "JOIN runs p ON p.run_id = a.run_id JOIN runs c ON c.run_id = a.child_id "
+        f"WHERE p.owner = $1 AND p.status = 'running' AND c.status IN {TERMINAL_SQL}",
+        worker_id,
+    )
+    found = {row[0] for row in rows}
+    waits = await conn.fetch(
+        "SELECT w.run_id, w.name, w.match, w.after, w.timeout_at FROM waits w "
+        "JOIN runs p ON p.run_id = w.run_id WHERE p.owner = $1 AND p.status = 'running'",
+        worker_id,
+    )
+    for run_id, name, match, after, timeout_at in waits:
+        if run_id in found:
+            continue
+        if await first_match(conn, name, decode_value(match), after, timeout_at) is not None:
+            found.add(run_id)
+    return sorted(found)
 
 
 async def poll_waits(conn: Conn, run_id: str) -> list[tuple[int, EventRecord]]:

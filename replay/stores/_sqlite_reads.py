@@ -17,6 +17,7 @@ __all__ = (
     "next_wake_at",
     "poll_waits",
     "read_journal",
+    "runs_with_news",
 )
 
 _RUN = (
@@ -96,6 +97,33 @@ def first_match(
         if contains(value, match):
             return EventRecord(event_id, name, value, at, position)
     return None
+
+
+def runs_with_news(conn: sqlite3.Connection, worker_id: str) -> list[str]:
+    """Running runs of ``worker_id`` with an undelivered cancel, a finished child or a matching event."""
+    found = {
+        row[0]
+        for row in conn.execute(
+            "SELECT run_id FROM runs WHERE owner = :w AND status = 'running' "
+            "AND cancel_requested AND NOT cancel_delivered "
+            "UNION SELECT a.run_id FROM awaited_children a "
+            "JOIN runs p ON p.run_id = a.run_id JOIN runs c ON c.run_id = a.child_id "
+            f"WHERE p.owner = :w AND p.status = 'running' AND c.status IN {TERMINAL_SQL}",
+            {"w": worker_id},
+        )
+    }
+    waits = conn.execute(
+        "SELECT w.run_id, w.name, w.match, w.after, w.timeout_at FROM waits w "
+        "JOIN runs p ON p.run_id = w.run_id WHERE p.owner = ? AND p.status = 'running'",
+        (worker_id,),
+    ).fetchall()
+    for run_id, name, match, after, timeout_at in waits:
+        if (
+            run_id not in found
+            and first_match(conn, name, decode_value(match), after, timeout_at) is not None
+        ):
+            found.add(run_id)
+    return sorted(found)
 
 
 def poll_waits(conn: sqlite3.Connection, run_id: str) -> list[tuple[int, EventRecord]]:

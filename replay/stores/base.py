@@ -458,5 +458,17 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def runs_with_news(self, worker_id: str) -> list[str]:
+        """Runs owned by ``worker_id`` that have news it has not journaled yet.
+
+        News is what a ``news`` notice announces: a cancellation requested and
+        not yet delivered, an awaited child that finished, or an event that
+        matches an open wait. A worker asks every ``poll_interval`` seconds, so
+        that news sent from a process whose notices cannot reach it (another
+        process on one SQLite file, or a PostgreSQL listener reconnecting)
+        still reaches a run it keeps in memory.
+        """
+
+    @abc.abstractmethod
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
         """The earliest ``wake_at`` among suspended (or delayed pending) runs of these workflows."""

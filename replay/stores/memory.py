@@ -449,6 +449,14 @@ class MemoryStore(Store):
                     break
         return found
 
+    async def runs_with_news(self, worker_id: str) -> list[str]:
+        """Running runs of ``worker_id`` with an undelivered cancel, a finished child or a matching event."""
+        return [
+            run_id
+            for run_id, run in self._runs.items()
+            if run.owner == worker_id and run.info.status == "running" and self._has_news(run)
+        ]
+
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
         """The earliest ``wake_at`` among suspended or delayed pending runs."""
         names = set(workflows)

@@ -373,6 +373,10 @@ class PostgresStore(Plumbing):
         """For each open wait of the run, the first matching event, if one arrived."""
         return await self._read(reads.poll_waits, run_id)
 
+    async def runs_with_news(self, worker_id: str) -> list[str]:
+        """Running runs of ``worker_id`` with an undelivered cancel, a finished child or a matching event."""
+        return await self._read(reads.runs_with_news, worker_id)
+
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
         """The earliest ``wake_at`` among suspended or delayed pending runs of these workflows."""
         return await self._read(reads.next_wake_at, tuple(workflows))

@@ -30,7 +30,8 @@
 - **Schema.** Versioned migrations; a file that is not a replay database, is
   corrupt, or comes from a newer replay raises ``SchemaError`` and is left as it was.
 - **Notices** reach listeners in this process; workers in other processes find
-  new work by polling every ``poll_interval`` seconds (1 s by default; set
+  new work, and news for the runs they keep in memory (``runs_with_news``), by
+  polling every ``poll_interval`` seconds (1 s by default; set
   ``Worker(poll_interval=...)`` to change it).
 """
 
@@ -331,6 +332,10 @@ class SqliteStore(Store):
     async def poll_waits(self, run_id: str) -> list[tuple[int, EventRecord]]:
         """For each open wait of the run, the first matching event, if one arrived."""
         return self._read(reads.poll_waits, run_id)
+
+    async def runs_with_news(self, worker_id: str) -> list[str]:
+        """Running runs of ``worker_id`` with an undelivered cancel, a finished child or a matching event."""
+        return self._read(reads.runs_with_news, worker_id)
 
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
         """The earliest ``wake_at`` among suspended runs of these workflows."""

@@ -177,6 +177,31 @@ class EventCases(Cases):
         await store.send_event(event("e1", "x"))
         assert notices.take() == [("news", "r1")]
 
+    async def test_runs_with_news_lists_each_owned_runs_undelivered_news(self, store: Store) -> None:
+        await store.register_worker(W1)
+        await store.register_worker(W2)
+        quiet = await begin(store, "quiet")
+        await quiet.wait("x", {"k": 1})
+        cancelled = await begin(store, "cancelled")
+        waiting = await begin(store, "waiting")
+        await waiting.wait("x", {"k": 2})
+        parent = await begin(store, "parent")
+        child = await start_child(parent, "parent/2")  # owned by W2
+        elsewhere = await begin(store, "elsewhere", worker=W2)
+        assert await store.runs_with_news(W1) == []
+        await store.request_cancel("cancelled", T0 + 1)
+        await store.request_cancel("elsewhere", T0 + 1)
+        await store.send_event(event("e1", "x", {"k": 2}))
+        await child.finish("completed", result=3)
+        assert sorted(await store.runs_with_news(W1)) == ["cancelled", "parent", "waiting"]
+        assert await store.runs_with_news(W2) == ["elsewhere"]
+        # Journaled news is news no more; a suspended run is not the worker's to hear it.
+        await cancelled.append(j.CANCEL_REQUESTED)
+        await waiting.suspend()
+        await parent.append(j.CHILD_COMPLETED, {"op": 2, "run_id": "parent/2", "status": "completed"})
+        assert await store.runs_with_news(W1) == []
+        assert elsewhere.run_id in await store.runs_with_news(W2)
+
     @pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
     async def test_finished_child_wakes_its_suspended_parent(self, store: Store, status: Status) -> None:
         await store.register_worker(W1)

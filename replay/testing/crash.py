@@ -162,6 +162,10 @@ class CrashingStore(Store):
         self._check()
         return await self.inner.poll_waits(run_id)
 
+    async def runs_with_news(self, worker_id: str) -> list[str]:
+        self._check()
+        return await self.inner.runs_with_news(worker_id)
+
     async def next_wake_at(self, workflows: Sequence[str]) -> float | None:
         self._check()
         return await self.inner.next_wake_at(workflows)

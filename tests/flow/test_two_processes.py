@@ -71,3 +71,37 @@ async def test_a_concurrency_limit_holds_across_two_worker_processes(shared_url:
         await b.close()
     assert peak == 2
     assert set(by_worker) == {"wa", "wb"}  # both took part
+
+
+async def test_a_cancel_from_another_process_reaches_a_run_kept_in_memory(shared_url: str) -> None:
+    """The worker's store sends it no notice of the other's request: its poll finds the news."""
+    app = replay.App("two-procs-cancel", store="memory://")
+    started = asyncio.Event()
+
+    @app.step()
+    async def hold() -> None:
+        started.set()
+        await asyncio.Event().wait()  # runs until the cancellation ends the run
+
+    @app.workflow()
+    async def busy(ctx: replay.Context) -> str:
+        await hold()
+        return "not cancelled"
+
+    here, other = open_store(shared_url), open_store(shared_url)
+    await here.open()
+    await other.open()
+    app.set_store(here)
+    worker = Worker(app, here, app.clock, worker_id="here", poll_interval=0.005)
+    try:
+        await worker.start()
+        run = await app.start(busy)
+        await started.wait()
+        info = await other.request_cancel(run.run_id, app.clock.now())
+        assert info is not None and info.cancel_requested
+        with pytest.raises(replay.Cancelled):
+            await run.result(timeout=10)
+    finally:
+        await worker.stop()
+        await app.close()
+        await other.close()
