@@ -136,7 +136,9 @@ async def runs_with_news(conn: Conn, worker_id: str) -> list[str]:
     found = {row[0] for row in rows}
     waits = await conn.fetch(
         "SELECT w.run_id, w.name, w.match, w.after, w.timeout_at FROM waits w "
-        "JOIN runs p ON p.run_id = w.run_id WHERE p.owner = $1 AND p.status = 'running'",
+        "JOIN runs p ON p.run_id = w.run_id WHERE p.owner = $1 AND p.status = 'running' "
+        # Only waits with a newer event of their name need the full match.
+        "AND EXISTS (SELECT 1 FROM events e WHERE e.name = w.name AND e.position > w.after)",
         worker_id,
     )
     for run_id, name, match, after, timeout_at in waits:

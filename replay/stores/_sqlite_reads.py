@@ -114,7 +114,9 @@ def runs_with_news(conn: sqlite3.Connection, worker_id: str) -> list[str]:
     }
     waits = conn.execute(
         "SELECT w.run_id, w.name, w.match, w.after, w.timeout_at FROM waits w "
-        "JOIN runs p ON p.run_id = w.run_id WHERE p.owner = ? AND p.status = 'running'",
+        "JOIN runs p ON p.run_id = w.run_id WHERE p.owner = ? AND p.status = 'running' "
+        # Only waits with a newer event of their name need the full match.
+        "AND EXISTS (SELECT 1 FROM events e WHERE e.name = w.name AND e.position > w.after)",
         (worker_id,),
     ).fetchall()
     for run_id, name, match, after, timeout_at in waits:
