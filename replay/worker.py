@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
-from replay._runner import RunDriver
+from replay._runner import News, RunDriver
 from replay._triggers import Triggers
 from replay.errors import NonRetryableError
 from replay.stores.base import ACTIVE_STATUSES, Claim, Notice, Store
@@ -290,8 +290,6 @@ class Worker:
                 self._news_in_claim.add(notice.run_id)
             driver = self.drivers.get(notice.run_id)
             if driver is not None:
-                from replay._runner import News
-
                 driver.post(News())
                 return
         if notice.kind in ("ready", "news") or (notice.kind == "event" and self._triggers):
@@ -379,8 +377,6 @@ class Worker:
         if now - self._news_polled_at < self.poll_interval:
             return
         self._news_polled_at = now
-        from replay._runner import News
-
         for run_id in await self.store.runs_with_news(self.worker_id):
             driver = self.drivers.get(run_id)
             if driver is not None:
