@@ -25,8 +25,9 @@ class StepOp:
     retry: RetryPolicy
     timeout: float | None
     future: asyncio.Future[Any]
-    attempts: int = 0
+    attempts: int = 0  # attempts journaled
     retry_at: float | None = None
+    started: int = 0  # the latest attempt begun in this process
 
 
 @attrs.define(eq=False)

@@ -60,6 +60,7 @@ class News:
 
 
 Item = StepDone | StepError | Tick | News
+_OUTCOMES = (StepDone, StepError)
 
 
 class RunDriver:
@@ -224,7 +225,7 @@ class RunDriver:
         done: set[int] = set()  # ops given a completion in this batch: one each
         tick = news = False
         for item in items:
-            if isinstance(item, StepDone | StepError):
+            if isinstance(item, _OUTCOMES):
                 self.running.pop(item.seq, None)  # its outcome is being journaled: it may run again
                 if item.seq not in done:
                     entry = self._step_entry(inst, item)
@@ -333,17 +334,19 @@ class RunDriver:
         ops: list[Op] = inst.take_new_ops()
         if not ops:
             return False
-        buffered = {e.seq for e in inst.buffer}
         flush = False
-        now = self.clock.now()
+        now: float | None = None
         for op in ops:
-            if isinstance(op, StepOp):
-                if op.retry_at is None or op.retry_at <= now:
+            if type(op) is StepOp:
+                if op.retry_at is not None:
+                    now = self.clock.now() if now is None else now
+                    if op.retry_at > now:
+                        continue
                     op.retry_at = None
-                    self._start_step(op)
-            elif isinstance(op, WaitOp | ChildOp):
+                self._start_step(op)
+            elif not flush and isinstance(op, WaitOp | ChildOp):
                 # A wait begins once it is journaled; a child run starts with its entry.
-                flush = flush or op.seq in buffered
+                flush = any(e.seq == op.seq for e in inst.buffer)
         return flush
 
     def _take_buffer(self, update: RunUpdate | None = None) -> tuple[list[Entry], RunUpdate | None]:

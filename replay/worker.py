@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from replay._ops import StepOp
 from replay._runner import News, RunDriver
 from replay._triggers import Triggers
 from replay.errors import NonRetryableError
 from replay.stores.base import ACTIVE_STATUSES, Claim, Notice, Store
 
 if TYPE_CHECKING:
-    from replay._instance import StepOp
     from replay.app import App
     from replay.clock import Clock, TimerHandle
 
@@ -59,35 +59,53 @@ class StepInfo:
         return f"{self.run_id}:{self.seq}"
 
 
-_current_step: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar("replay_step", default=None)
+#: Inside a step attempt: its run id, seq, name and attempt (a ``StepInfo``'s fields).
+_current_step: contextvars.ContextVar[tuple[str, int, str, int] | None] = contextvars.ContextVar(
+    "replay_step", default=None
+)
 
 
 def current_step() -> StepInfo | None:
     """Inside a step: which run, step and attempt is running. Elsewhere: None."""
-    return _current_step.get()
+    fields = _current_step.get()
+    return None if fields is None else StepInfo(*fields)
 
 
 class Activity:
-    """Counts work in flight, so tests can wait until a worker is idle."""
+    """Counts work in flight, so tests can wait until a worker is idle.
+
+    ``inc`` and ``dec`` run several times per step: they touch the events only
+    when the count crosses zero, or when somebody waits for progress.
+    """
 
     def __init__(self) -> None:
         self.count = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        #: Set whenever some work is done (a step returned, a batch was journaled).
-        self.progress = asyncio.Event()
+        self._progress: asyncio.Future[None] | None = None  # set while ``progressed`` waits
 
     def inc(self, n: int = 1) -> None:
         """More work."""
+        if self.count <= 0:
+            self.idle.clear()
         self.count += n
-        self.idle.clear()
 
     def dec(self, n: int = 1) -> None:
         """Work done."""
         self.count -= n
-        self.progress.set()
+        waiter = self._progress
+        if waiter is not None:
+            self._progress = None
+            if not waiter.done():
+                waiter.set_result(None)
         if self.count <= 0:
             self.idle.set()
+
+    def progressed(self) -> asyncio.Future[None]:
+        """A future that resolves the next time some work is done (a step returned, a batch was journaled)."""
+        if self._progress is None or self._progress.done():
+            self._progress = asyncio.get_running_loop().create_future()
+        return self._progress
 
 
 class Worker:
@@ -147,10 +165,6 @@ class Worker:
         self._halted = False
         self._draining = False
         self._never: asyncio.Future[None] | None = None  # what a step started while draining awaits
-        # Step attempts that began, with the driver that will journal them; pruned
-        # of the journaled ones as it grows (see ``_unjournaled``).
-        self._attempts: dict[tuple[str, int, int], tuple[RunDriver, StepInfo]] = {}
-        self._attempts_pruned_at = 0
         # Runs told of news while a claim was in flight: the claim may have read
         # their rows before it, and the drivers it starts were not there to hear it.
         self._news_in_claim: set[str] | None = None
@@ -210,18 +224,16 @@ class Worker:
             self._wake_timer = None
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        progress = self.activity.progress
         while True:
-            progress.clear()
-            left = self._unjournaled()
-            if not left:
+            progress = self.activity.progressed()
+            if not self.in_flight():
                 break
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 break
             try:
                 async with asyncio.timeout(remaining):
-                    await progress.wait()
+                    await progress
             except TimeoutError:
                 pass
         cut = self.in_flight()
@@ -230,22 +242,16 @@ class Worker:
 
     def in_flight(self) -> list[StepInfo]:
         """Step attempts begun by this worker whose outcome is not journaled yet."""
-        return [info for _, info in self._unjournaled()]
-
-    def _unjournaled(self) -> list[tuple[RunDriver, StepInfo]]:
-        """Step attempts begun here whose outcome is not yet in the journal; forgets the others."""
-        left = {}
-        for key, (driver, info) in self._attempts.items():
+        found = []
+        for driver in self.drivers.values():
             inst = driver.instance
             if driver.closed or inst is None:
                 continue  # the run ended or was dropped: nothing more will be journaled here
-            op = inst.ops.get(info.seq)
-            # Delivered (so journaled) once the op is gone or its attempts count this one.
-            if op is not None and getattr(op, "attempts", info.attempt) < info.attempt:
-                left[key] = (driver, info)
-        self._attempts = left
-        self._attempts_pruned_at = len(left)
-        return list(left.values())
+            for op in inst.ops.values():
+                # An attempt's outcome is journaled once the op is gone or counts it.
+                if isinstance(op, StepOp) and op.started > op.attempts:
+                    found.append(StepInfo(driver.run_id, op.seq, op.name, op.started))
+        return found
 
     def halt(self) -> None:
         """Stop at once, writing nothing more: what a process death looks like."""
@@ -416,7 +422,12 @@ class Worker:
 
     async def execute_step(self, run_id: str, op: StepOp, attempt: int) -> Any:
         """Run one attempt of a step, with its timeout, in this process."""
-        fn = self.step_mocks.get(op.name) or getattr(op.step, "fn", op.step)
+        step = op.step
+        fn = self.step_mocks.get(op.name) if self.step_mocks else None
+        is_async: bool | None = None  # known for a registered step; asked of anything else
+        if fn is None:
+            fn = getattr(step, "fn", step)
+            is_async = getattr(step, "is_async", None)
         if fn is None:
             raise LookupError(f"step {op.name!r} is not known to this worker")
         if self._draining:
@@ -424,17 +435,12 @@ class Worker:
             if self._never is None:
                 self._never = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._never)
-        info = StepInfo(run_id, op.seq, op.name, attempt)
-        driver = self.drivers.get(run_id)
-        if driver is not None:
-            if len(self._attempts) > 2 * self._attempts_pruned_at + 64:
-                self._unjournaled()  # amortised: the dict stays near the number in flight
-            self._attempts[(run_id, op.seq, attempt)] = (driver, info)
+        op.started = attempt  # in flight until its outcome is journaled (``in_flight``)
         if self.on_step is not None:
-            self.on_step(info)
-        token = _current_step.set(info)
+            self.on_step(StepInfo(run_id, op.seq, op.name, attempt))
+        # A tuple: the StepInfo is built only if the step asks for it (``current_step``).
+        token = _current_step.set((run_id, op.seq, op.name, attempt))
         try:
-            is_async = getattr(op.step, "is_async", None) if fn is getattr(op.step, "fn", None) else None
             if is_async is None:
                 is_async = inspect.iscoroutinefunction(fn)  # a plain function or a mock: ask
             if is_async:
