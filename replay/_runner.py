@@ -68,7 +68,9 @@ class RunDriver:
 
     def __init__(self, worker: Worker, claim: Claim, heard: bool) -> None:
         self.worker = worker
-        self.claim = claim
+        self.token = claim.token  # the lease's fencing token: every append carries it
+        self.workflow = claim.workflow
+        self._journal = claim.journal  # read by the claim, if the store did; dropped once replayed
         # Whether the run may have been asked to cancel since the claim read its row
         # (news arrived while the claim was in flight, or the caller cannot tell).
         self._maybe_cancelled = heard or claim.cancel_requested
@@ -118,7 +120,7 @@ class RunDriver:
         """
         update = RunUpdate(status="suspended", wake_at=self.clock.now() + 1.0, release=True)
         try:
-            await self.store.append(self.run_id, self.claim.token, [], update)
+            await self.store.append(self.run_id, self.token, [], update)
         except Exception:  # noqa: BLE001 - already failing; the cause is logged above
             log.warning("run %s could not be handed back; it waits for its lease to end", self.run_id)
 
@@ -140,11 +142,14 @@ class RunDriver:
 
     async def _drive(self) -> None:
         worker = self.worker
-        entries = await self.store.read_journal(self.run_id)
+        entries = self._journal
+        self._journal = None
+        if entries is None:
+            entries = await self.store.read_journal(self.run_id)
         if entries and entries[-1].kind in j.TERMINAL_KINDS:
             await self._repair_finished(entries[-1])
             return
-        workflow = worker.app.workflows[self.claim.workflow]
+        workflow = worker.app.workflows[self.workflow]
         inst = Instance(self.run_id, workflow, entries, self.clock.now, worker.app.steps.get)
         self.instance = inst
         try:
@@ -167,7 +172,7 @@ class RunDriver:
                 return
             if self._dispatch():
                 entries, update = self._take_buffer()
-                await self.store.append(self.run_id, self.claim.token, entries, update)
+                await self.store.append(self.run_id, self.token, entries, update)
             if not self.inbox:
                 wake = inst.wake_at()
                 now = self.clock.now()
@@ -246,7 +251,7 @@ class RunDriver:
             completions.extend(await self._news(inst, done, cancel))
         if completions:
             buffered, update = self._take_buffer()
-            await self.store.append(self.run_id, self.claim.token, buffered + completions, update)
+            await self.store.append(self.run_id, self.token, buffered + completions, update)
         # Journal before deliver: every completion is durable from here on.
         for entry in completions:
             if inst.outcome is not None or inst.error is not None:
@@ -386,7 +391,7 @@ class RunDriver:
 
     def _failed(self, error: dict[str, Any], now: float) -> RunUpdate:
         """The update that ends the run as failed, starting its ``on_failure`` handler with it."""
-        handler = self.worker.app.workflows[self.claim.workflow].on_failure
+        handler = self.worker.app.workflows[self.workflow].on_failure
         starts: tuple[NewRun, ...] = ()
         if handler is not None:
             starts = (handler.new_run(f"{self.run_id}:on_failure", [self.run_id, error], now),)
@@ -424,7 +429,7 @@ class RunDriver:
         inst = self.instance
         assert inst is not None
         entries, update = self._take_buffer(RunUpdate(status="suspended", wake_at=wake, release=True))
-        await self.store.append(self.run_id, self.claim.token, entries, update)
+        await self.store.append(self.run_id, self.token, entries, update)
 
     async def _finish(self) -> None:
         inst = self.instance
@@ -442,7 +447,7 @@ class RunDriver:
         elif kind == j.WORKFLOW_CANCELLED:
             update = RunUpdate(status="cancelled", release=True)
         entries, full = self._take_buffer(update)
-        await self.store.append(self.run_id, self.claim.token, [*entries, inst.alloc(kind, data)], full)
+        await self.store.append(self.run_id, self.token, [*entries, inst.alloc(kind, data)], full)
 
     async def _timed_out(self) -> None:
         inst = self.instance
@@ -451,13 +456,13 @@ class RunDriver:
         entries, update = self._take_buffer(self._failed(error, self.clock.now()))
         entries.append(inst.alloc(j.WORKFLOW_FAILED, {"error": error}))
         self.finished = True
-        await self.store.append(self.run_id, self.claim.token, entries, update)
+        await self.store.append(self.run_id, self.token, entries, update)
 
     async def _park(self, exc: NonDeterminismError) -> None:
         # The journal stays as it was: a fixed deploy can replay the run again.
         log.error("%s", exc)
         update = RunUpdate(status="failed", error=j.error_data(exc), release=True)
-        await self.store.append(self.run_id, self.claim.token, [], update)
+        await self.store.append(self.run_id, self.token, [], update)
 
     async def _repair_finished(self, last: Entry) -> None:
         status = {j.WORKFLOW_COMPLETED: "completed", j.WORKFLOW_FAILED: "failed"}.get(last.kind, "cancelled")
@@ -467,4 +472,4 @@ class RunDriver:
             error=last.data.get("error"),
             release=True,
         )
-        await self.store.append(self.run_id, self.claim.token, [], update)
+        await self.store.append(self.run_id, self.token, [], update)

@@ -234,12 +234,16 @@ class Claim:
             cancellation was requested, even after the worker journaled it. The
             worker trusts a False here and does not read the row again: a
             cancellation requested after the claim reaches it as news.
+        journal: the run's journal as the claim's own transaction read it, so
+            that the worker need not read it again (``read_journal``); None if
+            the store leaves that read to the worker.
     """
 
     run_id: str
     workflow: str
     token: int
     cancel_requested: bool = False
+    journal: list[Entry] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen

@@ -355,7 +355,10 @@ class MemoryStore(Store):
             run.token += 1
             run.owner = worker_id
             run.info = attrs.evolve(run.info, status="running", wake_at=None, updated_at=now)
-            claims.append(Claim(run.info.run_id, run.info.workflow, run.token, run.info.cancel_requested))
+            journal = decode_entries(run.journal)
+            claims.append(
+                Claim(run.info.run_id, run.info.workflow, run.token, run.info.cancel_requested, journal)
+            )
         return claims
 
     async def append(

@@ -214,6 +214,27 @@ class RunCases(Cases):
             tokens.add(run.token)
         assert len(tokens) == 4
 
+    async def test_a_claim_that_carries_the_journal_carries_all_of_it(self, store: Store) -> None:
+        await store.register_worker(W1)
+        run = await begin(store, "r1")
+        await store.create_run(new_run("r2", workflow=run.workflow))
+        entries = [
+            Entry(2, j.STEP_SCHEDULED, T0 + 1, {"name": "charge", "args": [1]}),
+            Entry(3, j.STEP_COMPLETED, T0 + 2, {"op": 2, "attempt": 1, "result": "ok"}),
+        ]
+        await store.append("r1", run.token, entries[:1])
+        await store.append(
+            "r1", run.token, entries[1:], RunUpdate(status="suspended", wake_at=T0, release=True)
+        )
+        claims = await store.claim(W1, [run.workflow], T0 + 1, 10)
+        assert {c.run_id for c in claims} == {"r1", "r2"}
+        for claim in claims:
+            if claim.journal is not None:  # optional: None leaves the read to the worker
+                assert claim.journal == await store.read_journal(claim.run_id)
+        carried = {c.run_id: c.journal for c in claims}
+        if carried["r1"] is not None:
+            assert [e.seq for e in carried["r1"]] == [1, 2, 3]
+
     # -- append --------------------------------------------------------------------------
 
     async def test_append_continues_the_journal_in_order(self, store: Store) -> None:
