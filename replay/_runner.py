@@ -79,6 +79,7 @@ class RunDriver:
         self.clock = worker.clock
         self.inbox: collections.deque[Item] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None  # set while the driver waits for its inbox
+        self._loop: asyncio.AbstractEventLoop  # the loop ``run`` runs on
         self.running: dict[int, asyncio.Task[None]] = {}
         self.instance: Instance | None = None
         self._timer: TimerHandle | None = None
@@ -98,6 +99,8 @@ class RunDriver:
 
     async def run(self) -> None:
         """Drive the run until it finishes, suspends or is lost. Never raises."""
+        # Kept: asking asyncio for the running loop costs a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
         try:
             await self._drive()
         except LeaseLost:
@@ -194,7 +197,7 @@ class RunDriver:
         activity = self.worker.activity
         while not self.inbox:
             activity.dec()
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter = self._loop.create_future()
             try:
                 await waiter
             finally:
@@ -405,9 +408,7 @@ class RunDriver:
         # here, its outcome already in the inbox, with no loop turn for it nor for
         # waking the driver. It still runs in a task of its own. The task is kept
         # until its outcome is journaled (``_process``), even if it is done already.
-        self.running[op.seq] = start_task(
-            self._execute(op), asyncio.get_running_loop(), f"{self.run_id}:{op.seq}:{op.name}"
-        )
+        self.running[op.seq] = start_task(self._execute(op), self._loop, f"{self.run_id}:{op.seq}:{op.name}")
 
     async def _execute(self, op: StepOp) -> None:
         attempt = op.attempts + 1
