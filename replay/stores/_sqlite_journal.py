@@ -14,12 +14,24 @@ from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError
 from replay.journal import Entry, encode_value
 
-__all__ = ("check_fence", "row_blob", "track")
+__all__ = ("SIDE_TABLES", "TRACKED_KINDS", "check_fence", "clear_side_tables", "row_blob", "track")
 
 #: The side tables that hold rows of a run until it ends.
-_SIDE_TABLES = ("waits", "awaited_children", "cancel_on")
+SIDE_TABLES = ("waits", "awaited_children", "cancel_on")
 #: For each side table, whether it holds a row of the run ``:run_id``.
-_HELD = "SELECT " + ", ".join(f"EXISTS (SELECT 1 FROM {t} WHERE run_id = :run_id)" for t in _SIDE_TABLES)
+_HELD = "SELECT " + ", ".join(f"EXISTS (SELECT 1 FROM {t} WHERE run_id = :run_id)" for t in SIDE_TABLES)
+#: The kinds of entry that ``track`` writes side tables for.
+TRACKED_KINDS = frozenset(
+    {
+        j.WAIT_STARTED,
+        j.EVENT_RECEIVED,
+        j.WAIT_TIMED_OUT,
+        j.CHILD_STARTED,
+        j.CHILD_COMPLETED,
+        j.CANCEL_REQUESTED,
+        *j.TERMINAL_KINDS,
+    }
+)
 
 
 def row_blob(blobs: Sequence[bytes]) -> bytearray:
@@ -83,7 +95,11 @@ def track(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> No
             # Only a journaled end closes waits: a run parked as failed keeps them
             # for when it is retried. Most runs have none of these rows: one
             # statement asks, and only the tables that hold some are cleared.
-            held = conn.execute(_HELD, {"run_id": run_id}).fetchone()
-            for table, has_rows in zip(_SIDE_TABLES, held, strict=True):
-                if has_rows:
-                    conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            clear_side_tables(conn, run_id, conn.execute(_HELD, {"run_id": run_id}).fetchone())
+
+
+def clear_side_tables(conn: sqlite3.Connection, run_id: str, held: Sequence[Any]) -> None:
+    """Delete the run's rows from each side table that ``held`` (in ``SIDE_TABLES`` order) says has some."""
+    for table, has_rows in zip(SIDE_TABLES, held, strict=True):
+        if has_rows:
+            conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))

@@ -280,8 +280,11 @@ class Batchable(Protocol):
         """Run alone, as any job."""
 
     @staticmethod
-    def run_many(conn: sqlite3.Connection, jobs: Sequence[Any]) -> None:
-        """Run ``jobs`` as if one after the other; raise ``JobFailed`` to blame one."""
+    def run_many(conn: sqlite3.Connection, jobs: Sequence[Any], notices: Sequence[list[Notice]]) -> None:
+        """Run ``jobs`` as if one after the other; raise ``JobFailed`` to blame one.
+
+        Each job queues its notices in its own list of ``notices`` (same order as ``jobs``).
+        """
 
 
 class JobFailed(Exception):
@@ -300,7 +303,7 @@ _REDO_ALL = _Pending.__new__(_Pending)
 def _run_jobs(conn: sqlite3.Connection, group: list[_Pending]) -> _Pending | None:
     """Run every job; stop at the first that raises and return it, its error set.
 
-    Consecutive jobs of one type with a ``run_many(conn, jobs)`` static method,
+    Consecutive jobs of one type with a ``run_many(conn, jobs, notices)`` static method,
     and distinct ``key`` attributes, run in one call of it (see
     ``_sqlite_appends.PlainAppend``): it raises ``JobFailed`` to blame one job,
     anything else to have the whole group run again with each job alone.
@@ -325,7 +328,7 @@ def _run_jobs(conn: sqlite3.Connection, group: list[_Pending]) -> _Pending | Non
             keys.add(key)
             end += 1
         try:
-            many(conn, [q.job for q in group[i:end]])
+            many(conn, [q.job for q in group[i:end]], [q.notices for q in group[i:end]])
         except JobFailed as exc:
             failed = group[i + exc.index]
             failed.error = _store_error(exc.error)

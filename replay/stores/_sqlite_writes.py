@@ -39,6 +39,7 @@ __all__ = (
     "requeue",
     "send_event",
     "unregister",
+    "wake_run",
 )
 
 
@@ -119,7 +120,7 @@ def _update(
     if status in TERMINAL_STATUSES:
         notices.append(Notice("finished", run_id))
         if parent_id is not None:
-            _wake(conn, notices, parent_id, at)
+            wake_run(conn, notices, parent_id, at)
     elif (status == "suspended" and wake_at is not None) or status == "pending":
         notices.append(Notice("ready", run_id))
 
@@ -143,7 +144,8 @@ def _has_news(conn: sqlite3.Connection, run_id: str) -> bool:
     return any(first_match(conn, name, decode_value(m), after, t) is not None for name, m, after, t in waits)
 
 
-def _wake(conn: sqlite3.Connection, notices: list[Notice], run_id: str, at: float) -> None:
+def wake_run(conn: sqlite3.Connection, notices: list[Notice], run_id: str, at: float) -> None:
+    """Tell ``run_id`` it has news: due now if suspended, a notice if running."""
     row = conn.execute("SELECT status, wake_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if row is None:
         return
@@ -177,7 +179,7 @@ def request_cancel(conn: sqlite3.Connection, notices: list[Notice], run_id: str,
         _update(conn, notices, run_id, cancelled, at, _state(conn, run_id))
         return get_run(conn, run_id)
     conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
-    _wake(conn, notices, run_id, at)
+    wake_run(conn, notices, run_id, at)
     return get_run(conn, run_id)
 
 
@@ -208,7 +210,7 @@ def send_event(
         "INSERT INTO events (id, name, data, at) VALUES (?, ?, ?, ?)", (event.id, event.name, data, event.at)
     )
     stored = attrs.evolve(event, position=int(cur.lastrowid or 0))
-    for table, then in (("waits", _wake), ("cancel_on", _cancel)):
+    for table, then in (("waits", wake_run), ("cancel_on", _cancel)):
         order = "run_id, seq" if table == "waits" else "run_id"
         timeout = "timeout_at" if table == "waits" else "NULL"
         rows = conn.execute(

@@ -50,7 +50,7 @@ from replay.journal import Entry, encode_entry, encode_value
 from replay.stores import _sqlite_reads as reads
 from replay.stores import _sqlite_writes as writes
 from replay.stores._prepared import PreparedRun, PreparedUpdate
-from replay.stores._sqlite_appends import PlainAppend
+from replay.stores._sqlite_appends import FinishAppend, PlainAppend
 from replay.stores._sqlite_creates import create_run
 from replay.stores._sqlite_locks import WorkerLocks
 from replay.stores._sqlite_schema import prepare
@@ -319,13 +319,18 @@ class SqliteStore(Store):
             # The common case (a step's completion): batched with the group's others.
             await self._submit(PlainAppend(run_id, token, entries, blobs))
             return
+        prepared = PreparedUpdate.of(update)
+        if FinishAppend.fits(entries, update):
+            # A run's end: batched with the group's other ends.
+            await self._submit(FinishAppend(run_id, token, entries, blobs, prepared))
+            return
         job = functools.partial(
             writes.append,
             run_id=run_id,
             token=token,
             entries=entries,
             blobs=blobs,
-            update=PreparedUpdate.of(update),
+            update=prepared,
         )
         await self._submit(job)
 

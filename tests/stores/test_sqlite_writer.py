@@ -15,7 +15,7 @@ from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError, StoreError
 from replay.journal import Entry, decode_entries
 from replay.stores import _sqlite_writer as writer_module
-from replay.stores.base import Notice
+from replay.stores.base import Notice, RunUpdate
 from replay.stores.sqlite import SqliteStore
 from replay.testing._conformance_kit import T0, W1, W2, Driven, Notices, begin, event
 
@@ -111,6 +111,57 @@ async def test_a_stale_token_fails_alone_in_its_group(store: SqliteStore) -> Non
         if run is not stale:
             assert result is None
             assert committed_seqs(store.path, run.run_id) == [1, 2]
+
+
+def _end(store: SqliteStore, run: Driven, token: int | None = None) -> asyncio.Task[None]:
+    """Append the run's ``workflow_completed`` with the update a worker sends with it."""
+    entry = Entry(run.seq + 1, j.WORKFLOW_COMPLETED, T0 + 5, {"result": run.run_id})
+    update = RunUpdate(status="completed", result=run.run_id, release=True)
+    token = run.token if token is None else token
+    return asyncio.create_task(store.append(run.run_id, token, [entry], update))
+
+
+async def test_runs_ending_in_one_group_each_end_as_if_alone(store: SqliteStore) -> None:
+    parent = await begin(store, "parent")
+    await parent.suspend()  # waits for its child: a child's end wakes it
+    kid = await begin(store, "kid", parent_id="parent")
+    owned = [kid, *await runs(store, 4)]
+    await owned[1].wait("paid")  # a side-table row that the run's end clears
+    notices = Notices(store)
+    before = store.commits
+    with write_locked(store.path):  # one group, one batch, for all of them
+        tasks = [_end(store, run) for run in owned]
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert store.commits - before <= 2
+    for run in owned:
+        info = await store.get_run(run.run_id)
+        assert info is not None
+        assert (info.status, info.result, info.updated_at) == ("completed", run.run_id, T0 + 5)
+        assert committed_seqs(store.path, run.run_id)[-1] == run.seq + 1
+        assert await store.claim(W2, [run.workflow], T0 + 5, 10) == []  # released, and ended
+    with sqlite3.connect(store.path) as conn:  # its wait went with it
+        assert conn.execute("SELECT COUNT(*) FROM waits").fetchone() == (0,)
+    woken = await store.get_run("parent")
+    assert woken is not None and woken.wake_at == T0 + 5
+    assert notices.take() == sorted([*(("finished", run.run_id) for run in owned), ("ready", "parent")])
+
+
+async def test_a_stale_token_fails_alone_among_runs_ending_in_one_group(store: SqliteStore) -> None:
+    owned = await runs(store, 4)
+    stale = owned[2]
+    old_token = stale.token
+    await stale.suspend(wake_at=T0)
+    await store.register_worker(W2)
+    await stale.reclaim(W2)
+    with write_locked(store.path):
+        tasks = [_end(store, run, old_token if run is stale else None) for run in owned]
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], LeaseLost)
+    statuses = [info.status for info in [await store.get_run(run.run_id) for run in owned] if info]
+    assert statuses == ["completed", "completed", "running", "completed"]
+    assert committed_seqs(store.path, stale.run_id) == [1, 2]
 
 
 async def test_reads_do_not_wait_for_the_writer(store: SqliteStore) -> None:
@@ -289,7 +340,7 @@ class _Batched:
         return self.key
 
     @staticmethod
-    def run_many(conn: sqlite3.Connection, jobs: list[_Batched]) -> None:
+    def run_many(conn: sqlite3.Connection, jobs: list[_Batched], notices: list[list[Notice]]) -> None:
         conn.execute("INSERT INTO events (id, name, data, at) VALUES ('partial', 'x', '{}', 1.0)")
         raise RuntimeError("one of these failed")
 
