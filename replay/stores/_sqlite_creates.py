@@ -3,12 +3,18 @@
 Rate limits drop a start beyond the limit as a cancelled run; a debounced
 start joins a run of its key that has not begun; throttling delays a run's
 begin. The semantics are ``MemoryStore``'s, clause for clause.
+
+Most runs have none of that: ``PlainCreate`` creates those the writer has
+queued together (``app.start`` called many times at once) in three statements
+for the whole group rather than three each.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+
+import orjson
 
 from replay import journal as j
 from replay.journal import encode_entry, encode_value
@@ -18,13 +24,99 @@ from replay.stores._sqlite_journal import track
 from replay.stores._sqlite_reads import get_run
 from replay.stores.base import Gate, Notice, RunInfo
 
-__all__ = ("create_run",)
+__all__ = ("PlainCreate", "create_run")
 
 #: Whether the id ``:run_id`` is a run's, and the run a start of that id joined, if one did.
 _KNOWN = (
     "SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = :run_id), "
     "(SELECT run_id FROM run_aliases WHERE alias = :run_id)"
 )
+
+
+#: A new run's row; see ``_run_row``.
+_INSERT_RUN = (
+    "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id, wake_at, "
+    "priority, concurrency_key, concurrency_limit, throttle_key, begin_at, rate_key, debounce_key) "
+    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _run_row(prepared: PreparedRun, wake: float | None, begin_at: float | None) -> tuple[object, ...]:
+    run = prepared.run
+    at = run.started_at
+    return (
+        run.run_id,
+        run.workflow,
+        prepared.args,
+        at,
+        at,
+        run.parent_id,
+        wake,
+        *flow_columns(run.flow, begin_at),
+    )
+
+
+class PlainCreate:
+    """A write job: create a run with no flow control to apply and nothing but its first entry."""
+
+    __slots__ = ("prepared",)
+
+    def __init__(self, prepared: PreparedRun) -> None:
+        self.prepared = prepared
+
+    @property
+    def key(self) -> str:
+        """Jobs batched in one ``run_many`` create distinct runs."""
+        return self.prepared.run.run_id
+
+    @staticmethod
+    def fits(prepared: PreparedRun) -> bool:
+        """Whether ``create_run`` would do no more than check the id and insert the run and its entry."""
+        flow = prepared.run.flow
+        return (
+            flow.rate_limit is None
+            and flow.debounce is None
+            and flow.throttle is None
+            and not prepared.rest
+            and not prepared.cancel_on
+        )
+
+    def __call__(self, conn: sqlite3.Connection, notices: list[Notice]) -> tuple[RunInfo, bool]:
+        """Run alone, as any job."""
+        return create_run(conn, notices, self.prepared)
+
+    @staticmethod
+    def run_many(
+        conn: sqlite3.Connection, jobs: Sequence[PlainCreate], notices: Sequence[list[Notice]]
+    ) -> list[tuple[RunInfo, bool]]:
+        """Run ``jobs`` (of distinct run ids) as if one after the other; returns their results."""
+        ids = [job.key for job in jobs]
+        known = {
+            run_id
+            for run_id, exists, joined in conn.execute(
+                "SELECT value, EXISTS (SELECT 1 FROM runs WHERE run_id = value), "
+                "(SELECT run_id FROM run_aliases WHERE alias = value) FROM json_each(?)",
+                (orjson.dumps(ids),),
+            )
+            if exists or joined is not None
+        }
+        results: list[tuple[RunInfo, bool]] = []
+        rows: list[tuple[object, ...]] = []
+        for job, queued in zip(jobs, notices, strict=True):
+            prepared = job.prepared
+            if prepared.run.run_id in known:
+                results.append(create_run(conn, queued, prepared))  # it exists: as alone
+                continue
+            rows.append(_run_row(prepared, None, None))
+            queued.append(Notice("ready", prepared.run.run_id))
+            results.append((prepared.run.pending(), True))
+        if rows:
+            conn.executemany(_INSERT_RUN, rows)
+            conn.executemany(
+                "INSERT INTO journal (run_id, seq, entry) VALUES (?, 1, ?)",
+                [(job.key, job.prepared.first) for job in jobs if job.key not in known],
+            )
+        return results
 
 
 def create_run(
@@ -54,21 +146,7 @@ def create_run(
         )
     if wake is not None and wake <= at:
         wake = None
-    conn.execute(
-        "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, parent_id, wake_at, "
-        "priority, concurrency_key, concurrency_limit, throttle_key, begin_at, rate_key, debounce_key) "
-        "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            run.run_id,
-            run.workflow,
-            prepared.args,
-            at,
-            at,
-            run.parent_id,
-            wake,
-            *flow_columns(flow, begin_at),
-        ),
-    )
+    conn.execute(_INSERT_RUN, _run_row(prepared, wake, begin_at))
     conn.executemany(
         "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
         [

@@ -280,10 +280,13 @@ class Batchable(Protocol):
         """Run alone, as any job."""
 
     @staticmethod
-    def run_many(conn: sqlite3.Connection, jobs: Sequence[Any], notices: Sequence[list[Notice]]) -> None:
+    def run_many(
+        conn: sqlite3.Connection, jobs: Sequence[Any], notices: Sequence[list[Notice]]
+    ) -> Sequence[Any] | None:
         """Run ``jobs`` as if one after the other; raise ``JobFailed`` to blame one.
 
-        Each job queues its notices in its own list of ``notices`` (same order as ``jobs``).
+        Each job queues its notices in its own list of ``notices`` (same order as
+        ``jobs``). Returns the jobs' results in order, or None for jobs that return None.
         """
 
 
@@ -328,7 +331,10 @@ def _run_jobs(conn: sqlite3.Connection, group: list[_Pending]) -> _Pending | Non
             keys.add(key)
             end += 1
         try:
-            many(conn, [q.job for q in group[i:end]], [q.notices for q in group[i:end]])
+            results = many(conn, [q.job for q in group[i:end]], [q.notices for q in group[i:end]])
+            if results is not None:
+                for q, result in zip(group[i:end], results, strict=True):
+                    q.result = result
         except JobFailed as exc:
             failed = group[i + exc.index]
             failed.error = _store_error(exc.error)

@@ -51,7 +51,7 @@ from replay.stores import _sqlite_reads as reads
 from replay.stores import _sqlite_writes as writes
 from replay.stores._prepared import PreparedRun, PreparedUpdate
 from replay.stores._sqlite_appends import FinishAppend, PlainAppend
-from replay.stores._sqlite_creates import create_run
+from replay.stores._sqlite_creates import PlainCreate, create_run
 from replay.stores._sqlite_locks import WorkerLocks
 from replay.stores._sqlite_schema import prepare
 from replay.stores._sqlite_wal import presize_wal
@@ -223,6 +223,8 @@ class SqliteStore(Store):
     async def create_run(self, run: NewRun) -> tuple[RunInfo, bool]:
         """Create a run and its ``workflow_started`` entry in one transaction, unless it exists."""
         prepared = PreparedRun.of(run)
+        if PlainCreate.fits(prepared):
+            return await self._submit(PlainCreate(prepared))  # batched with the group's others
         return await self._submit(functools.partial(create_run, prepared=prepared))
 
     async def get_run(self, run_id: str) -> RunInfo | None:

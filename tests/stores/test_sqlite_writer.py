@@ -17,7 +17,7 @@ from replay.journal import Entry, decode_entries
 from replay.stores import _sqlite_writer as writer_module
 from replay.stores.base import Notice, RunUpdate
 from replay.stores.sqlite import SqliteStore
-from replay.testing._conformance_kit import T0, W1, W2, Driven, Notices, begin, event
+from replay.testing._conformance_kit import T0, W1, W2, Driven, Notices, begin, event, new_run
 
 
 @pytest.fixture
@@ -162,6 +162,29 @@ async def test_a_stale_token_fails_alone_among_runs_ending_in_one_group(store: S
     statuses = [info.status for info in [await store.get_run(run.run_id) for run in owned] if info]
     assert statuses == ["completed", "completed", "running", "completed"]
     assert committed_seqs(store.path, stale.run_id) == [1, 2]
+
+
+async def test_runs_started_in_one_group_are_created_as_if_alone(store: SqliteStore) -> None:
+    existing, _ = await store.create_run(new_run("old", args=[1]))
+    with sqlite3.connect(store.path) as conn:  # a start that joined "old" (as a debounce does)
+        conn.execute("INSERT INTO run_aliases (alias, run_id) VALUES ('joined', 'old')")
+    notices = Notices(store)
+    before = store.commits
+    ids = ["a", "old", "b", "joined", "c"]
+    with write_locked(store.path):  # one group, one batch
+        tasks = [asyncio.create_task(store.create_run(new_run(i, args=[2]))) for i in ids]
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks)
+    assert store.commits - before <= 2
+    assert [new for _, new in results] == [True, False, True, False, True]
+    assert results[1][0] == results[3][0] == existing  # the run that exists, as it was
+    for run_id, (info, _) in zip(ids, results, strict=True):
+        if run_id in ("a", "b", "c"):
+            assert info == await store.get_run(run_id)
+            assert (info.status, info.args) == ("pending", [2])
+            assert [e.kind for e in await store.read_journal(run_id)] == [j.WORKFLOW_STARTED]
+    assert await store.get_run("joined") is None
+    assert notices.take() == [("ready", "a"), ("ready", "b"), ("ready", "c")]
 
 
 async def test_reads_do_not_wait_for_the_writer(store: SqliteStore) -> None:
