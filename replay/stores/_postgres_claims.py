@@ -24,8 +24,13 @@ for each other and never get the same run.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 
+import attrs
+
+from replay.journal import decode_entries
 from replay.stores._postgres_reads import Conn
 from replay.stores._postgres_writes import Tx
 from replay.stores.base import Claim
@@ -108,7 +113,26 @@ async def claim(tx: Tx, worker_id: str, workflows: Sequence[str], now: float, li
         async with tx.conn.transaction():
             taken = {c.run_id for c in got}
             got += await claim_gated(tx, worker_id, names, now, limit - len(got), taken)
-    return got
+    return await with_journals(tx.conn, got)
+
+
+async def with_journals(conn: Conn, got: list[Claim]) -> list[Claim]:
+    """The claims, each carrying its run's journal: one round trip for all, not one a run.
+
+    Read after the claim committed: the runs are this worker's now, so nobody
+    else appends to them; the journals are what the claim's transaction saw.
+    """
+    if not got:
+        return got
+    rows = await conn.fetch(
+        "SELECT run_id, entry FROM journal WHERE run_id = ANY($1::text[]) ORDER BY run_id, seq",
+        [c.run_id for c in got],
+    )
+    journals = {
+        run_id: decode_entries([row[1] for row in group])
+        for run_id, group in itertools.groupby(rows, key=operator.itemgetter(0))
+    }
+    return [attrs.evolve(c, journal=journals.get(c.run_id, [])) for c in got]
 
 
 async def claim_gated(
