@@ -415,7 +415,7 @@ class RunDriver:
         try:
             try:
                 result = await self.worker.execute_step(self.run_id, op, attempt)
-                item: Item = StepDone(op.seq, attempt, round_trip(result, f"the result of step {op.name!r}"))
+                item: Item = StepDone(op.seq, attempt, round_trip(result, "the result of step %r", op.name))
             except SerializationError as exc:
                 item = StepError(op.seq, attempt, j.error_data(exc), retryable=False)
             except Exception as exc:  # noqa: BLE001 - a step's failure is journaled, whatever it is

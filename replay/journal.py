@@ -101,12 +101,14 @@ class Entry(NamedTuple):
     data: dict[str, Any]
 
 
-def encode_value(value: Any, what: str = "value") -> bytes:
+def encode_value(value: Any, what: str = "value", *what_args: object) -> bytes:
     """Encode a user value as JSON.
 
     Args:
         value: anything orjson can encode.
         what: a description for the error message, such as "argument 2 of charge".
+        *what_args: if given, ``what`` is a %-format of them, formatted only on
+            an error (the hot paths call this for every step).
 
     Raises:
         SerializationError: the value cannot be encoded.
@@ -114,6 +116,8 @@ def encode_value(value: Any, what: str = "value") -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError as exc:
+        if what_args:
+            what %= what_args
         raise SerializationError(
             f"{what} cannot be stored: {exc}. Workflow and step arguments and results "
             "must be JSON values (dict with str keys, list, str, int, float, bool, None, "
@@ -126,13 +130,13 @@ def decode_value(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
-def round_trip(value: Any, what: str = "value") -> Any:
+def round_trip(value: Any, what: str = "value", *what_args: object) -> Any:
     """Return ``value`` as it will read back from the journal (tuples become lists...).
 
     Live runs hand workflows this form, so a replayed run sees exactly what the
-    live run saw.
+    live run saw. ``what`` and ``what_args`` are ``encode_value``'s.
     """
-    return orjson.loads(encode_value(value, what))
+    return orjson.loads(encode_value(value, what, *what_args))
 
 
 def encode_entry(entry: Entry) -> bytes:

@@ -129,7 +129,7 @@ async def bad_result(ctx: replay.Context) -> str:
     try:
         await ctx.step(returns_a_set)
     except replay.StepFailed as exc:
-        return f"{exc.type_name} after {exc.attempts}"
+        return f"{exc.type_name} after {exc.attempts}: {exc.message}"
     return "no"
 
 
@@ -137,7 +137,10 @@ async def test_a_result_json_cannot_hold_fails_the_step_without_retry() -> None:
     async with TestEnv(app) as env:
         run = await app.start(bad_result)
         await env.idle()
-        assert await run.result() == "SerializationError after 1"
+        outcome, message = (await run.result()).split(": ", 1)
+        assert outcome == "SerializationError after 1"
+        assert message.startswith("the result of step ") and " cannot be stored: " in message
+        assert "returns_a_set" in message.split(" cannot be stored")[0]
 
 
 @app.workflow()
