@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -75,19 +76,8 @@ class PlainAppend:
         Raises:
             JobFailed: naming the first job whose fence or sequence is wrong; nothing was written.
         """
-        fences = {
-            row[0]: row
-            for row in conn.execute(_FENCES, (orjson.dumps([job.run_id for job in jobs]),)).fetchall()
-        }
-        rows: list[tuple[str, int, bytearray]] = []  # one per append (see ``row_blob``)
-        for index, job in enumerate(jobs):
-            fence = fences.get(job.run_id)
-            try:
-                check_fence(job.run_id, job.token, None if fence is None else fence[1:], job.entries)
-            except (LeaseLost, ReplayInternalError) as exc:
-                raise JobFailed(index, exc) from exc
-            if job.entries:
-                rows.append((job.run_id, job.entries[-1].seq, row_blob(job.blobs)))
+        _checked_fences(conn, _FENCES, jobs)
+        rows = [(job.run_id, job.entries[-1].seq, row_blob(job.blobs)) for job in jobs if job.entries]
         conn.executemany("INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)", rows)
         for job in jobs:
             track(conn, job.run_id, job.entries)
@@ -161,16 +151,7 @@ class FinishAppend:
         Raises:
             JobFailed: naming the first job whose fence or sequence is wrong; nothing was written.
         """
-        fences = {
-            row[0]: row
-            for row in conn.execute(_FINISH_FENCES, (orjson.dumps([job.run_id for job in jobs]),)).fetchall()
-        }
-        for index, job in enumerate(jobs):
-            fence = fences.get(job.run_id)
-            try:
-                check_fence(job.run_id, job.token, None if fence is None else fence[1:4], job.entries)
-            except (LeaseLost, ReplayInternalError) as exc:
-                raise JobFailed(index, exc) from exc
+        fences = _checked_fences(conn, _FINISH_FENCES, jobs)
         conn.executemany(
             "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
             [(job.run_id, job.entries[-1].seq, row_blob(job.blobs)) for job in jobs],
@@ -187,3 +168,23 @@ class FinishAppend:
             queued.append(Notice("finished", job.run_id))
             if parent_id is not None:
                 wake_run(conn, queued, parent_id, at)
+
+
+def _checked_fences(
+    conn: sqlite3.Connection, sql: str, jobs: Sequence[PlainAppend | FinishAppend]
+) -> dict[str, Any]:
+    """The rows ``sql`` reads for the jobs' runs (``run_id, token, owner, last seq, ...``), by run id.
+
+    Raises:
+        JobFailed: naming the first job whose fence or sequence is wrong.
+    """
+    fences = {
+        row[0]: row for row in conn.execute(sql, (orjson.dumps([job.run_id for job in jobs]),)).fetchall()
+    }
+    for index, job in enumerate(jobs):
+        fence = fences.get(job.run_id)
+        try:
+            check_fence(job.run_id, job.token, None if fence is None else fence[1:4], job.entries)
+        except (LeaseLost, ReplayInternalError) as exc:
+            raise JobFailed(index, exc) from exc
+    return fences
