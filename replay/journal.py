@@ -29,6 +29,7 @@ __all__ = (
     "COMMAND_KINDS",
     "FORMAT_VERSION",
     "Entry",
+    "decode_carried",
     "decode_entries",
     "decode_value",
     "dump_journal",
@@ -181,6 +182,20 @@ def decode_entries(blobs: Sequence[bytes]) -> list[Entry]:
                 f"this one reads up to {FORMAT_VERSION}: upgrade replay"
             )
     return entries
+
+
+def decode_carried(blobs: Sequence[bytes]) -> list[Entry] | None:
+    """``decode_entries(blobs)`` for a claim to carry, or None where that raises.
+
+    A claim carries the journals of many runs. One that cannot be decoded (written
+    by a newer replay, or damaged) must not fail the claim of the others: its claim
+    carries None, its driver reads the journal itself, and that run alone fails
+    (and is handed back) as it would have without the carried journals.
+    """
+    try:
+        return decode_entries(blobs)
+    except (SchemaError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
 
 
 def dump_journal(run_id: str, entries: Iterable[Entry]) -> bytes:

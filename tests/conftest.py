@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: the PostgreSQL server, and a fresh schema on it per test.
+"""Fixtures shared by the whole suite: the PostgreSQL server, a fresh schema on it per test,
+and a TestEnv on each store (``store_factory``, ``env_for``).
 
 The PostgreSQL tests run against the server named by ``REPLAY_TEST_POSTGRES``
 (``tests/run`` sets it, and starts the local server if it is down). When no
@@ -12,9 +13,17 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+
+import replay
+from replay.stores.base import Store
+from replay.stores.memory import MemoryStore
+from replay.stores.sqlite import SqliteStore
+from replay.testing import TestEnv
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -91,3 +100,41 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     schema = fresh_schema()
     yield with_schema(postgres_server, schema)
     drop_schemas(postgres_server, [schema])
+
+
+# -- every store: for tests that must hold on each (flow control, claims) ----------
+
+#: The stores ``store_factory`` runs a test on.
+STORES = ["memory", "sqlite", "postgresql"]
+
+
+@pytest.fixture(params=STORES)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """A function making a fresh (unopened) store of the parametrized kind."""
+    count = iter(range(1_000_000))
+    if request.param == "memory":
+        yield MemoryStore
+    elif request.param == "sqlite":
+        yield lambda: SqliteStore(f"sqlite:///{tmp_path}/store-{next(count)}.db")
+    else:
+        from replay.stores.postgres import PostgresStore
+
+        server = request.getfixturevalue("postgres_server")
+        schemas: list[str] = []
+
+        def make() -> Store:
+            schemas.append(fresh_schema())
+            return PostgresStore(with_schema(server, schemas[-1]))
+
+        yield make
+        drop_schemas(server, schemas)
+
+
+@pytest.fixture
+def env_for(store_factory: Callable[[], Store]) -> Callable[..., TestEnv]:
+    """``env_for(app, **worker_options)``: a TestEnv on the parametrized store."""
+
+    def make(app: replay.App, **options: Any) -> TestEnv:
+        return TestEnv(app, store=store_factory(), **options)
+
+    return make

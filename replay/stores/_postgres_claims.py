@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from replay.journal import decode_entries
+from replay.journal import decode_carried
 from replay.stores._postgres_reads import Conn
 from replay.stores._postgres_writes import Tx
 from replay.stores.base import Claim
@@ -119,8 +119,12 @@ async def claim(tx: Tx, worker_id: str, workflows: Sequence[str], now: float, li
 async def with_journals(conn: Conn, got: list[Claim]) -> list[Claim]:
     """The claims, each carrying its run's journal: one round trip for all, not one a run.
 
-    Read after the claim committed: the runs are this worker's now, so nobody
-    else appends to them; the journals are what the claim's transaction saw.
+    Read after the claim committed, in a statement of its own. Until this worker's
+    lease runs out nobody else appends to these runs, so the journals are what the
+    claim saw. If it ran out meanwhile and another worker took a run and appended,
+    the journal read runs past that: every entry in it is committed all the same
+    (journal before deliver holds), and this driver's first append fails its fence.
+    A journal that cannot be decoded is carried as None (``decode_carried``).
     """
     if not got:
         return got
@@ -129,7 +133,7 @@ async def with_journals(conn: Conn, got: list[Claim]) -> list[Claim]:
         [c.run_id for c in got],
     )
     journals = {
-        run_id: decode_entries([row[1] for row in group])
+        run_id: decode_carried([row[1] for row in group])
         for run_id, group in itertools.groupby(rows, key=operator.itemgetter(0))
     }
     return [attrs.evolve(c, journal=journals.get(c.run_id, [])) for c in got]

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from replay.journal import Entry, decode_entries, decode_value, encode_entry, encode_value
+from replay.journal import Entry, decode_carried, decode_value, encode_entry, encode_value
 from replay.stores._flow import not_begun
 from replay.stores._prepared import PreparedRun, PreparedUpdate
 from replay.stores._sqlite_creates import create_run
@@ -333,7 +333,7 @@ def claim(
         (encode_value([run_id for run_id, *_ in picked]),),
     )
     journals = {
-        run_id: decode_entries([entry for _, entry in group])
+        run_id: decode_carried([entry for _, entry in group])
         for run_id, group in itertools.groupby(rows, key=operator.itemgetter(0))
     }
     return [

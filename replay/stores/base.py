@@ -236,7 +236,10 @@ class Claim:
             cancellation requested after the claim reaches it as news.
         journal: the run's journal as the claim's own transaction read it, so
             that the worker need not read it again (``read_journal``); None if
-            the store leaves that read to the worker.
+            the store leaves that read to the worker. A store that carries
+            journals must carry None for one it cannot decode (see
+            ``journal.decode_carried``) rather than fail the whole claim: the
+            worker's own read then fails that run alone.
     """
 
     run_id: str

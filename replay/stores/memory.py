@@ -13,7 +13,7 @@ import attrs
 
 from replay import journal as j
 from replay.errors import LeaseLost, ReplayInternalError
-from replay.journal import Entry, decode_entries, encode_entry
+from replay.journal import Entry, decode_carried, decode_entries, encode_entry
 from replay.stores._flow import debounce_wake, dropped, not_begun, throttle_begin
 from replay.stores.base import (
     NO_FLOW,
@@ -355,7 +355,7 @@ class MemoryStore(Store):
             run.token += 1
             run.owner = worker_id
             run.info = attrs.evolve(run.info, status="running", wake_at=None, updated_at=now)
-            journal = decode_entries(run.journal)
+            journal = decode_carried(run.journal)
             claims.append(
                 Claim(run.info.run_id, run.info.workflow, run.token, run.info.cancel_requested, journal)
             )

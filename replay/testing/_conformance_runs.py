@@ -235,6 +235,19 @@ class RunCases(Cases):
         if carried["r1"] is not None:
             assert [e.seq for e in carried["r1"]] == [1, 2, 3]
 
+    async def test_a_journal_the_claim_cannot_decode_fails_no_other_claim(self, store: Store) -> None:
+        # A run a newer replay started (a rolling deploy): this replay cannot read its journal.
+        await store.register_worker(W1)
+        newer = new_run("r1", workflow="wf")
+        newer = attrs.evolve(newer, first=newer.first._replace(data={**newer.first.data, "journal": 10**6}))
+        await store.create_run(newer)
+        await store.create_run(new_run("r2", workflow="wf"))
+        claims = {c.run_id: c for c in await store.claim(W1, ["wf"], T0 + 1, 10)}
+        assert set(claims) == {"r1", "r2"}
+        assert claims["r1"].journal is None  # the worker's own read fails this run alone
+        if claims["r2"].journal is not None:
+            assert [e.seq for e in claims["r2"].journal] == [1]
+
     # -- append --------------------------------------------------------------------------
 
     async def test_append_continues_the_journal_in_order(self, store: Store) -> None:
