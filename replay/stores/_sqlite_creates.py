@@ -113,8 +113,12 @@ class PlainCreate:
         if rows:
             conn.executemany(_INSERT_RUN, rows)
             conn.executemany(
-                "INSERT INTO journal (run_id, seq, entry) VALUES (?, 1, ?)",
-                [(job.key, job.prepared.first) for job in jobs if job.key not in known],
+                "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
+                [
+                    (job.key, job.prepared.run.first.seq, job.prepared.first)
+                    for job in jobs
+                    if job.key not in known
+                ],
             )
         return results
 
