@@ -12,8 +12,9 @@ command entry that the delivery cursor reaches before the workflow issued it mea
 the code changed: ``NonDeterminismError``.
 
 Fast path. If a command matches the very next journal entry, nothing else is ready
-to run, and the entry after it is that command's completion, then live execution
-went: issue, block, complete, resume. The instance returns an already-resolved
+to run, the entry after it is that command's completion, and the workflow awaits
+the command at once (``await step(x)``, see ``_awaited_at_once``), then live
+execution went: issue, block, complete, resume. The instance returns an already-resolved
 future, and ``await`` on it continues without a trip through the loop. This is what
 makes replay cost microseconds per step.
 """
@@ -22,10 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dis
+import itertools
 import sys
 from asyncio import events
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
+from types import CodeType
 from typing import TYPE_CHECKING, Any, cast
 
 from replay import journal as j
@@ -51,6 +55,53 @@ def _caller() -> str:
             return f"{frame.f_code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back  # type: ignore[assignment]
     return "<unknown>"
+
+
+#: Per code object: the offsets of its calls whose result it awaits at once, or None
+#: for replay's own code (skipped: the workflow's frame is further out).
+_AWAITED_CALLS: dict[CodeType, frozenset[int] | None] = {}
+
+
+def _awaited_at_once(depth: int = 3) -> bool:
+    """Whether the workflow code that issued this command awaits it at once (``await step(x)``).
+
+    Only then may replay hand it an already-resolved future: live, nothing ran
+    between the command and the workflow blocking on it. Code that does something
+    first (``f = step(x); asyncio.create_task(...); await f``) let other tasks run
+    before the completion arrived, so its replay takes the loop's way round too.
+    The caller is the innermost frame outside replay, from ``depth`` frames up
+    (here, the ``issue_*`` method and whatever of replay called it are at least
+    two); its last instruction is a call, and what follows it is read once per
+    code object.
+    """
+    frame = sys._getframe(depth)
+    while True:
+        code = frame.f_code
+        try:
+            offsets = _AWAITED_CALLS[code]
+        except KeyError:
+            offsets = _AWAITED_CALLS[code] = _awaited_calls(code, frame.f_globals.get("__name__", ""))
+        if offsets is not None:
+            return frame.f_lasti in offsets
+        back = frame.f_back
+        if back is None:
+            return False
+        frame = back
+
+
+def _awaited_calls(code: CodeType, module: str) -> frozenset[int] | None:
+    """The offsets a frame of ``code`` shows (``f_lasti``) while in a call it then awaits.
+
+    None for code of replay's own modules.
+    """
+    if module == "replay" or module.startswith("replay."):
+        return None
+    found: set[int] = set()
+    instructions = list(dis.get_instructions(code))
+    for call, after in itertools.pairwise(instructions):
+        if call.opname.startswith("CALL") and after.opname == "GET_AWAITABLE":
+            found.update(range(call.offset, after.offset))  # the call and its inline caches
+    return frozenset(found)
 
 
 def _describe(kind: str, data: dict[str, Any]) -> str:
@@ -198,6 +249,8 @@ class Instance:
         index = self._cmd - 1
         if index != self._deliver or self.loop.has_ready():
             return False
+        if op.future is not None and not _awaited_at_once():
+            return False  # a timer's handle (asyncio.sleep) goes through the ready queue anyway
         entries = self._entries
         k = index + 1
         n = len(entries)
@@ -250,7 +303,7 @@ class Instance:
                     self._cmd = cmd + 1
                     if cmd == self._deliver and cmd + 1 < len(entries) and not self.loop._ready:
                         _, kind, at, done = entries[cmd + 1]
-                        if kind == j.STEP_COMPLETED and done["op"] == entry[0]:
+                        if kind == j.STEP_COMPLETED and done["op"] == entry[0] and _awaited_at_once():
                             # The fast path (see the module docstring), inlined for the commonest case.
                             # Both cursors pass the completion: it is no command, and it is delivered.
                             self._deliver = self._cmd = cmd + 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import replay
 from replay.stores.memory import MemoryStore
 from replay.testing import TestEnv
+from replay.testing.checks import replay_entries
 
 calls: list[str] = []
 
@@ -260,3 +262,38 @@ async def test_sequential_steps_replay_on_the_inline_fast_path(monkeypatch: pyte
         await env.advance(timedelta(days=1))  # wakes: a full replay
         assert await run.result() == 50
     assert slow == ["timer_started"]  # only the sleep took the general path
+
+
+async def test_a_command_awaited_after_other_work_replays_as_it_ran_live() -> None:
+    # Live, the workflow blocks on each command and the task it just scheduled runs
+    # before the completion arrives. Replay must not hand back an already-resolved
+    # future there (its fast path), or the workflow would run on before that task.
+    app = replay.App("awaited-later", store="memory://")
+
+    @app.step()
+    async def one() -> int:
+        return 1
+
+    @app.workflow()
+    async def interleaved(ctx: replay.Context) -> list[str]:
+        log: list[str] = []
+
+        async def note(what: str) -> None:
+            log.append(what)
+
+        f = one()
+        asyncio.get_running_loop().create_task(note("bg-step"))
+        log.append(f"step {await f}")
+        timer = ctx.sleep(timedelta(seconds=5))
+        asyncio.get_running_loop().create_task(note("bg-timer"))
+        await timer
+        log.append("slept")
+        log.append(f"direct {await one()}")
+        return log
+
+    async with TestEnv(app) as env:
+        run = await app.start(interleaved, run_id="i-1")
+        await env.advance(timedelta(seconds=5))
+        assert await run.result() == ["bg-step", "step 1", "bg-timer", "slept", "direct 1"]
+        journal = await env.store.read_journal("i-1")
+    assert replay_entries(app, "i-1", journal) is None
