@@ -232,23 +232,27 @@ class RunDriver:
         restart: list[StepOp] = []
         done: set[int] = set()  # ops given a completion in this batch: one each
         tick = news = False
+        outcomes: list[StepDone | StepError] = []
         for item in items:
             if isinstance(item, _OUTCOMES):
                 self.running.pop(item.seq, None)  # its outcome is being journaled: it may run again
-                if item.seq not in done:
-                    entry = self._step_entry(inst, item)
-                    if entry is not None:
-                        completions.append(entry)
-                        if "retry_at" not in entry.data:
-                            done.add(item.seq)
+                outcomes.append(item)
             elif isinstance(item, Tick):
                 tick = True
             else:
                 news = True
+        if tick and inst.deadline is not None and inst.deadline <= self.clock.now():
+            # Before any entry is allocated: the run ends here, and its journal must not skip a seq.
+            await self._timed_out()
+            return
+        for item in outcomes:
+            if item.seq not in done:
+                entry = self._step_entry(inst, item)
+                if entry is not None:
+                    completions.append(entry)
+                    if "retry_at" not in entry.data:
+                        done.add(item.seq)
         if tick:
-            if inst.deadline is not None and inst.deadline <= self.clock.now():
-                await self._timed_out()
-                return
             completions.extend(await self._due(inst, restart, done))
         if news:
             completions.extend(await self._news(inst, done, cancel))
@@ -260,8 +264,9 @@ class RunDriver:
             if inst.outcome is not None or inst.error is not None:
                 break
             inst.deliver(entry)
-        for op in restart:
-            self._start_step(op)
+        if inst.outcome is None and inst.error is None:
+            for op in restart:  # not once the run has ended: that attempt would never be journaled
+                self._start_step(op)
 
     def _step_entry(self, inst: Instance, item: StepDone | StepError) -> Entry | None:
         op = inst.ops.get(item.seq)

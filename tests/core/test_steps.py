@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -223,3 +224,61 @@ async def test_a_workflow_retry_policy_covers_steps_that_set_none() -> None:
         await env.advance(timedelta(minutes=5))
         assert await run.result() == "done"
     assert attempts == {"flaky": 5, "own": 2}
+
+
+async def test_a_step_ending_as_the_deadline_passes_leaves_a_whole_journal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The step's outcome and the deadline's tick reach the driver in one batch. The
+    # run ends timed out, and no seq allocated for the outcome may be skipped.
+    app = replay.App("deadline-batch", store="memory://")
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @app.step()
+    async def slow() -> int:
+        started.set()
+        await gate.wait()
+        return 1
+
+    @app.workflow(timeout=timedelta(seconds=10))
+    async def bounded(ctx: replay.Context) -> int:
+        return await slow()
+
+    async with TestEnv(app) as env:
+        run = await app.start(bounded, run_id="d-1")
+        await started.wait()
+        gate.set()  # the step returns on the loop's next turn...
+        env.clock.fire_due(env.clock.now() + 11)  # ...and the deadline's tick is posted in this one
+        await env.idle()
+        assert await run.status() == "failed"
+        journal = await run.journal()
+    assert [e.seq for e in journal] == list(range(1, len(journal) + 1))
+    assert journal[-1].kind == "workflow_failed"
+    assert journal[-1].data["error"]["type"] == "WorkflowTimeout"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_no_retry_starts_once_the_run_has_ended() -> None:
+    # One tick finds the workflow's timer and a step's retry both due. The timer
+    # ends the run, so the retry must not start: its attempt would never be journaled.
+    app = replay.App("retry-after-end", store="memory://")
+    tries: list[int] = []
+
+    @app.step(retry=replay.RetryPolicy(max_attempts=3, initial_interval=timedelta(seconds=10), jitter=False))
+    async def flaky() -> None:
+        tries.append(len(tries) + 1)
+        raise RuntimeError("not yet")
+
+    @app.workflow()
+    async def racing(ctx: replay.Context) -> str:
+        _ = flaky()  # a step call starts at once; left pending: the run ends on the sleep
+        await ctx.sleep(timedelta(seconds=10))
+        return "slept"
+
+    async with TestEnv(app) as env:
+        run = await app.start(racing, run_id="r-1")
+        await env.idle()
+        assert tries == [1]
+        await env.advance(timedelta(seconds=10))
+        assert await run.result() == "slept"
+    assert tries == [1]
