@@ -170,8 +170,12 @@ class Writer:
     async def _run_groups(self) -> None:
         # The one task that uses the connection: groups never overlap.
         while self._queue:
-            group = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
-            await self._run(group)
+            taken = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+            # A caller cancelled before its group ran never learns the outcome: its job
+            # is not run. (A claim cancelled by a drain would own runs nobody drives.)
+            group = [p for p in taken if not p.future.cancelled()]
+            if group:
+                await self._run(group)
 
     async def _run(self, group: list[_Pending]) -> None:
         conn, thread = self._conn, self._thread

@@ -440,3 +440,24 @@ async def test_the_loop_does_not_wait_for_a_writer_thread_that_cannot_start(
     assert freed_by == ["loop"]
     assert busy.result() is True
     assert committed_seqs(store.path, first.run_id) == committed_seqs(store.path, second.run_id) == [1, 2]
+
+
+async def test_a_write_whose_caller_was_cancelled_before_its_group_ran_is_not_run(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    # A claim cancelled while queued (a worker draining, say) must not take runs
+    # that no driver would then drive.
+    await store.create_run(new_run("r1", workflow="wf"))
+    with write_locked(f"{tmp_path}/r.db"):
+        ahead = asyncio.create_task(store.create_run(new_run("r0", workflow="other")))
+        await turns_until(lambda: store._writer is not None and store._writer.lock_waits == 1)
+        claim = asyncio.create_task(store.claim(W1, ["wf"], T0, 10))
+        await turns_until(lambda: store._writer is not None and len(store._writer._queue) == 1)
+        claim.cancel()
+    await ahead
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    info = await store.get_run("r1")
+    assert info is not None and info.status == "pending"
+    [again] = await store.claim(W1, ["wf"], T0, 10)
+    assert again.run_id == "r1" and again.token == 1
