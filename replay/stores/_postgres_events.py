@@ -17,7 +17,7 @@ from replay.stores._postgres_writes import Tx, create_run, one_row, track, updat
 from replay.stores._prepared import PreparedRun, PreparedUpdate
 from replay.stores.base import EventRecord, RunInfo, RunUpdate, contains
 
-__all__ = ("advance_schedule", "request_cancel", "requeue", "send_event", "unregister")
+__all__ = ("advance_schedule", "release_runs", "request_cancel", "requeue", "send_event", "unregister")
 
 
 async def request_cancel(tx: Tx, run_id: str, at: float, *, publish: bool = True) -> RunInfo | None:
@@ -131,10 +131,15 @@ async def advance_schedule(
 
 async def unregister(tx: Tx, worker_id: str) -> None:
     """A worker stops: release what it owns; its running runs become claimable."""
+    await release_runs(tx, worker_id)
+    await tx.conn.execute("DELETE FROM workers WHERE worker_id = $1", worker_id)
+
+
+async def release_runs(tx: Tx, worker_id: str) -> None:
+    """Release the runs ``worker_id`` owns; its running runs become claimable."""
     rows = await tx.conn.fetch(
         "UPDATE runs SET owner = NULL WHERE owner = $1 RETURNING run_id, status", worker_id
     )
-    await tx.conn.execute("DELETE FROM workers WHERE worker_id = $1", worker_id)
     for run_id, status in rows:
         if status == "running":
             tx.notice("ready", run_id)

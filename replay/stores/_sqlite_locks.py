@@ -39,18 +39,19 @@ class WorkerLocks:
         digest = hashlib.sha256(worker_id.encode()).hexdigest()[:12]
         return os.path.join(self.directory, f"{safe}-{digest}.lock")
 
-    def acquire(self, worker_id: str) -> None:
-        """Take ``worker_id``'s lock for this process; idempotent.
+    def acquire(self, worker_id: str) -> bool:
+        """Take ``worker_id``'s lock for this process; idempotent: whether it was not held here.
 
         Raises:
             StoreError: a live worker elsewhere holds that id.
         """
         if worker_id in self._held:
-            return
+            return False
         try:
             self._acquire(worker_id)
         except OSError as exc:
             raise StoreError(f"cannot take the lock of worker {worker_id!r}: {exc}") from None
+        return True
 
     def _acquire(self, worker_id: str) -> None:
         os.makedirs(self.directory, exist_ok=True)

@@ -308,9 +308,14 @@ class PostgresStore(Plumbing):
         control = self._control
         if control is None:
             raise StoreError(f"{self!r} is not open: call `await store.open()` first")
+        known = worker_id in control.workers
         if not await self._read(claims.register, worker_id, self.origin, self.lease, control.session):
             raise StoreError(f"worker id {worker_id!r} is in use by a live worker")
         control.workers[worker_id] = None
+        if not known:
+            # Runs still owned by that id belonged to a worker whose lease ran out (a
+            # restart under a stable id, say): released, to be claimed again.
+            await self._write("registering a worker", lambda tx: events.release_runs(tx, worker_id))
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Release the worker's runs (claimable at once) and end its lease."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sqlite3
 import threading
 import urllib.parse
@@ -118,7 +119,9 @@ class SqliteStore(Store):
         self.path = path
         self.durability: Durability = _DURABILITIES[chosen]
         self.busy_timeout = busy_timeout
-        self._locks = WorkerLocks(path + "-workers")
+        # Named from the file itself: a process that opens it through a symlink must
+        # see the same locks, or it would take the runs of a live owner for a dead one's.
+        self._locks = WorkerLocks(os.path.realpath(path) + "-workers")
         self._writer: Writer | None = None
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
@@ -287,13 +290,20 @@ class SqliteStore(Store):
     # -- workers -----------------------------------------------------------------------
 
     async def register_worker(self, worker_id: str) -> None:
-        """Take the worker's OS lock: other processes now see it alive."""
-        await asyncio.to_thread(self._locks.acquire, worker_id)
+        """Take the worker's OS lock: other processes now see it alive.
+
+        Runs still owned by that id belonged to a process that died with it (a
+        restart under a stable id, say): they are released, to be claimed again.
+        """
+        if await asyncio.to_thread(self._locks.acquire, worker_id):
+            await self._submit(functools.partial(writes.unregister, worker_id=worker_id))
 
     async def unregister_worker(self, worker_id: str) -> None:
-        """Release the worker's runs, then its lock."""
-        await self._submit(functools.partial(writes.unregister, worker_id=worker_id))
-        self._locks.release(worker_id)
+        """Release the worker's runs, then its lock (even if the release failed: it is gone)."""
+        try:
+            await self._submit(functools.partial(writes.unregister, worker_id=worker_id))
+        finally:
+            self._locks.release(worker_id)
 
     async def claim(self, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
         """Own up to ``limit`` claimable runs of these workflows."""

@@ -214,6 +214,25 @@ async def test_a_worker_whose_process_died_is_taken_over_before_its_lease_ends(p
         assert taken.run_id == "r1" and taken.token > claim.token
 
 
+async def test_a_worker_restarted_under_its_id_gets_its_dead_runs_back(postgres_url: str) -> None:
+    async with opened(PostgresStore(postgres_url, lease=1), PostgresStore(postgres_url, lease=1)) as (a, b):
+        await a.register_worker("stable")
+        await a.create_run(new_run("r1", workflow=WF))
+        [claim] = await a.claim("stable", [WF], T0, 10)
+        await a.close()  # dies; its lease runs out, the run's row still says "stable"
+
+        async def registered() -> bool | None:
+            try:
+                await b.register_worker("stable")  # the same id, as a restarted pod's
+            except StoreError:
+                return None
+            return True
+
+        await eventually(registered, "the lease of the dead worker to run out")
+        [again] = await b.claim("stable", [WF], T0, 10)
+        assert again.run_id == "r1" and again.token > claim.token
+
+
 async def test_a_live_worker_id_cannot_be_taken_by_another_store(
     two: tuple[PostgresStore, PostgresStore],
 ) -> None:

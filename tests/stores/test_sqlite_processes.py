@@ -17,6 +17,7 @@ import pytest
 from replay import journal as j
 from replay.errors import LeaseLost, StoreError
 from replay.journal import Entry
+from replay.stores import _sqlite_writer as writer_module
 from replay.stores.sqlite import SqliteStore
 from replay.testing._conformance_kit import T0, new_run
 
@@ -133,3 +134,55 @@ async def test_runs_of_a_killed_process_are_claimed_at_once(tmp_path: Path) -> N
         assert {c.run_id for c in await store.claim("parent", [WF], T0, 100)} == ids
     finally:
         await store.close()
+
+
+async def test_a_live_owner_is_seen_through_a_symlink_to_its_file(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias.db").symlink_to(tmp_path / "real" / "shared.db")
+    a = SqliteStore(f"sqlite:///{tmp_path}/real/shared.db")
+    b = SqliteStore(f"sqlite:///{tmp_path}/alias.db")
+    await a.open()
+    await b.open()
+    try:
+        await a.register_worker("a")
+        await b.register_worker("b")
+        await create(a, 3)
+        assert len(await a.claim("a", [WF], T0, 100)) == 3
+        assert await b.claim("b", [WF], T0, 100) == []  # a is alive, whatever path b took
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_worker_restarted_under_its_id_gets_its_dead_runs_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    first = SqliteStore(url)
+    await first.open()
+    ids = await create(first, 3)
+    await first.register_worker("stable")
+    assert len(await first.claim("stable", [WF], T0, 100)) == 3
+    await first.close()  # dies: its lock goes, the rows still say "stable"
+    second = SqliteStore(url)
+    await second.open()
+    try:
+        await second.register_worker("stable")  # the same id, as a restarted pod's
+        assert {c.run_id for c in await second.claim("stable", [WF], T0, 100)} == ids
+    finally:
+        await second.close()
+
+
+async def test_a_worker_whose_unregister_fails_still_lets_its_runs_go(
+    two: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = two
+    ids = await create(a, 2)
+    assert len(await a.claim("a", [WF], T0, 100)) == 2
+
+    def full_disk(conn: object, size: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer_module, "before_commit", full_disk)
+    with pytest.raises(StoreError):
+        await a.unregister_worker("a")
+    monkeypatch.setattr(writer_module, "before_commit", None)
+    assert {c.run_id for c in await b.claim("b", [WF], T0, 100)} == ids  # "a" is no longer alive
