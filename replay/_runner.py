@@ -118,14 +118,44 @@ class RunDriver:
 
         Left as it was, the run would stay "running" under this live worker and
         no worker would claim it until this one stops. The delay keeps a run that
-        fails every time from spinning. If the store cannot take even this, the
-        store itself releases it once it can (or the lease runs out).
+        fails every time from spinning. If the store cannot take even this (the
+        disk is full, say), the hand-back is tried again, backing off up to a
+        minute, until it lands, the run is lost to another worker, or the worker
+        stops; meanwhile the run stays this driver's.
         """
-        update = RunUpdate(status="suspended", wake_at=self.clock.now() + 1.0, release=True)
+        pause = 1.0
+        while True:
+            update = RunUpdate(status="suspended", wake_at=self.clock.now() + 1.0, release=True)
+            try:
+                await self.store.append(self.run_id, self.token, [], update)
+                return
+            except LeaseLost:
+                return  # another worker owns it now
+            except Exception as exc:  # noqa: BLE001 - already failing; tried again below
+                log.warning(
+                    "run %s could not be handed back (%s); trying again in %g s", self.run_id, exc, pause
+                )
+            await self._pause(pause)
+            pause = min(pause * 2, 60.0)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` on the worker's clock, not counted as work in flight meanwhile."""
+        done: asyncio.Future[None] = self._loop.create_future()
+        activity = self.worker.activity
+
+        def wake() -> None:
+            if not done.done():
+                activity.inc()  # busy from the moment the clock wakes it, as its other callbacks
+                done.set_result(None)
+
+        timer = self.clock.call_at(self.clock.now() + seconds, wake)
+        activity.dec()
         try:
-            await self.store.append(self.run_id, self.token, [], update)
-        except Exception:  # noqa: BLE001 - already failing; the cause is logged above
-            log.warning("run %s could not be handed back; it waits for its lease to end", self.run_id)
+            await done
+        finally:
+            timer.cancel()
+            if not done.done() or done.cancelled():
+                activity.inc()  # cancelled while waiting: wake never counted it back
 
     def _cleanup(self) -> None:
         self.closed = True
