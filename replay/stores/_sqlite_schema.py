@@ -7,12 +7,14 @@ damage in it. Anything else raises ``SchemaError`` and leaves the file as it was
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 from typing import Final
 
 from replay.errors import SchemaError
 
-__all__ = ("APPLICATION_ID", "SCHEMA_VERSION", "prepare")
+__all__ = ("APPLICATION_ID", "SCHEMA_VERSION", "check_read_only", "prepare")
 
 #: ``PRAGMA application_id`` of a replay database: "RPLY".
 APPLICATION_ID: Final = 0x52504C59
@@ -136,13 +138,45 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
         if version > 0:
             _check_integrity(conn, path)
     except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc):
-            raise SchemaError(
-                f"{path} is not a replay database: it is not an SQLite file, or its header is damaged"
-            ) from None
-        raise SchemaError(f"{path} is a corrupt database: SQLite says {exc}") from None
+        raise _unreadable(path, exc) from None
     if version < SCHEMA_VERSION:
         _migrate(conn, path)
+
+
+def check_read_only(path: str) -> None:
+    """Refuse a file that is not a replay database, or is a newer one, reading it read-only.
+
+    Only for a file with a write-ahead log beside it (its writer died before a
+    checkpoint): a read-write connection would, on closing, fold that WAL into
+    the file, so another program's database would be refused, yet changed. A
+    read-only one leaves the file and its WAL as they were; only the ``-shm``,
+    SQLite's index of the WAL that any reader rebuilds, is rewritten. Without
+    a WAL, ``prepare``'s own checks change nothing.
+
+    Raises:
+        SchemaError: as ``prepare``.
+    """
+    wal = path + "-wal"
+    if not os.path.exists(wal) or os.path.getsize(wal) == 0 or os.path.getsize(path) == 0:
+        return
+    try:
+        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return  # not openable read-only (no access to its -shm, say): prepare will say why
+    try:
+        _version(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise _unreadable(path, exc) from None
+    finally:
+        conn.close()
+
+
+def _unreadable(path: str, exc: sqlite3.DatabaseError) -> SchemaError:
+    if "not a database" in str(exc):
+        return SchemaError(
+            f"{path} is not a replay database: it is not an SQLite file, or its header is damaged"
+        )
+    return SchemaError(f"{path} is a corrupt database: SQLite says {exc}")
 
 
 def _version(conn: sqlite3.Connection, path: str) -> int:

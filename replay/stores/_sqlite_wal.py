@@ -54,6 +54,8 @@ def presize_wal(conn: sqlite3.Connection, path: str) -> bool:
         conn.execute("PRAGMA synchronous = OFF")
         for _ in range(pages):
             conn.execute(f"PRAGMA application_id = {app_id}")
+    except sqlite3.OperationalError:
+        return False  # another connection began to write meanwhile ("locked"): leave the WAL be
     finally:
         conn.execute(f"PRAGMA synchronous = {int(sync)}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")

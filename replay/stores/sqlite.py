@@ -54,7 +54,7 @@ from replay.stores._prepared import PreparedRun, PreparedUpdate
 from replay.stores._sqlite_appends import FinishAppend, PlainAppend
 from replay.stores._sqlite_creates import PlainCreate, create_run
 from replay.stores._sqlite_locks import WorkerLocks
-from replay.stores._sqlite_schema import prepare
+from replay.stores._sqlite_schema import check_read_only, prepare
 from replay.stores._sqlite_wal import presize_wal
 from replay.stores._sqlite_writer import Writer
 from replay.stores.base import Claim, EventRecord, NewRun, Notice, RunInfo, RunUpdate, Store
@@ -170,6 +170,7 @@ class SqliteStore(Store):
             raise StoreError(f"cannot open the SQLite store at {self.path!r}: {exc}") from None
 
     def _prepare(self) -> None:
+        check_read_only(self.path)  # another program's file: refused before any write connection
         conn = self._connect()
         try:
             prepare(conn, self.path)
@@ -178,14 +179,14 @@ class SqliteStore(Store):
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = self._connect(check_same_thread=False)  # statements on the loop, COMMIT on the thread
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
-        if self.durability == "full":
-            try:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+            if self.durability == "full":
                 presize_wal(conn, self.path)
-            except sqlite3.Error:
-                conn.close()
-                raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open the SQLite store at {self.path!r}: {exc}") from None
         return conn
 
     def _deliver(self, notice: Notice) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,6 +157,27 @@ async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
         conn.execute("INSERT INTO users (name) VALUES ('ada')")
     conn.close()
     await refused(path, r"not a replay database \(it holds users\)")
+
+
+def test_another_applications_database_with_its_wal_left_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    # The other program died with its last writes still in its WAL (no checkpoint).
+    leave_wal = (
+        "import os, sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "conn.execute('PRAGMA journal_mode = WAL')\n"
+        "conn.execute('PRAGMA wal_autocheckpoint = 0')\n"
+        "conn.execute('CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)')\n"
+        "conn.execute(\"INSERT INTO users (name) VALUES ('ada')\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", leave_wal, str(path)], check=True)
+    kept = {name: (tmp_path / name).read_bytes() for name in ("other.db", "other.db-wal")}
+    store = SqliteStore(url(path))
+    with pytest.raises(SchemaError, match=r"not a replay database \(it holds users\)"):
+        asyncio.run(store.open())
+    # The file and its WAL as they were (only the -shm, the WAL's index, is rebuilt).
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
 
 
 @pytest.mark.parametrize("damage", ["pages", "truncated", "header"])

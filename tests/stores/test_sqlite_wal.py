@@ -102,3 +102,30 @@ async def test_durability_normal_leaves_the_wal_alone(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert not os.path.exists(f"{path}-wal")  # the last connection's close checkpointed and removed it
+
+
+async def test_the_sizing_gives_way_to_a_writer_that_starts_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    await store.close()
+    other = sqlite3.connect(path, isolation_level=None)
+    writer = sqlite3.connect(path, isolation_level=None)
+
+    def begin_elsewhere(sql: str) -> None:
+        # Another process starts writing once the fill has begun, after its checkpoint.
+        if sql.startswith("PRAGMA application_id =") and not other.in_transaction:
+            other.execute("BEGIN IMMEDIATE")
+
+    try:
+        writer.execute("PRAGMA journal_mode = WAL")
+        writer.execute("PRAGMA busy_timeout = 0")
+        writer.set_trace_callback(begin_elsewhere)
+        assert not presize_wal(writer, str(path))  # skipped, not raised
+        writer.set_trace_callback(None)
+        assert other.in_transaction
+        other.execute("COMMIT")
+        assert writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, as it was
+    finally:
+        other.close()
+        writer.close()
