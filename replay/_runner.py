@@ -86,6 +86,7 @@ class RunDriver:
         self._timer_at: float | None = None
         self.finished = False
         self.closed = False
+        self.task: asyncio.Task[None] | None = None  # the task running ``run``, set by the worker
 
     def post(self, item: Item) -> None:
         """Hand the driver something to journal; safe from any task or callback."""

@@ -397,13 +397,17 @@ class Worker:
         """Drive ``claim``'s run; ``heard``: news of it came after the claim read its row."""
         old = self.drivers.get(claim.run_id)
         if old is not None:
-            # Claimed again while still hot here: the old lease is void, drop it.
+            # Claimed again while still hot here: the old lease is void, drop it. Its
+            # driver is ended too: it could only fail its appends, or wait for ever.
             for step in old.running.values():
                 step.cancel()
+            if old.task is not None:
+                old.task.cancel()
         driver = RunDriver(self, claim, heard)
         self.drivers[claim.run_id] = driver
         self.activity.inc()
         task = asyncio.create_task(driver.run(), name=f"{self.worker_id}:{claim.run_id}")
+        driver.task = task
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 

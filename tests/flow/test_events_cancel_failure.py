@@ -191,6 +191,7 @@ async def test_a_cancel_during_a_reclaim_of_a_hot_run_is_not_lost(env_for: Calla
         worker._wake()
         await env.idle()
         assert cancelled == [run.run_id]
+        assert old.closed  # the old driver, its lease void, is not left waiting
         await env.advance(timedelta(seconds=1))
         with pytest.raises(replay.Cancelled):
             await run.result()
@@ -276,3 +277,38 @@ async def test_events_stored_by_anything_start_their_triggered_runs(env_for: Cal
         assert sorted(r.run_id for r in thanks) == ["thank:i1", "thank:i2", "thank:i3", "thank:i4"]
         reconciled = await app.list_runs(workflow="reconcile")
         assert len(reconciled) == 1 and reconciled[0].result == 4  # one debounced run, the last event
+
+
+async def test_a_hot_run_claimed_again_ends_its_old_driver(env_for: Callable[..., TestEnv]) -> None:
+    """Its step cut off, the old driver, whose lease is void, must not wait for ever."""
+    app = replay.App("reclaim-step", store="memory://")
+    starts: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
+    gate = asyncio.Event()
+
+    @app.step()
+    async def blocked() -> str:
+        starts[0 if not starts[0].is_set() else 1].set()
+        await gate.wait()
+        return "through"
+
+    @app.workflow()
+    async def held(ctx: replay.Context) -> str:
+        return await blocked()
+
+    async with env_for(app) as env:
+        worker = env.worker
+        run = await app.start(held)
+        await starts[0].wait()
+        old = worker.drivers[run.run_id]
+        # The store forgets the worker, as it does a worker past its lease: the hot run is claimable.
+        await worker.store.unregister_worker(worker.worker_id)
+        await worker.store.register_worker(worker.worker_id)
+        worker._wake()
+        await starts[1].wait()  # the new driver runs the step again
+        for _ in range(20):  # the old one's cancellation takes a few loop turns
+            if old.closed:
+                break
+            await asyncio.sleep(0)
+        assert old.closed
+        gate.set()
+        assert await run.result() == "through"
