@@ -309,12 +309,17 @@ class MemoryStore(Store):
     # -- workers -----------------------------------------------------------------------
 
     async def register_worker(self, worker_id: str) -> None:
-        """Announce a live worker."""
+        """Announce a live worker; runs still owned under that id, by no live worker, are released."""
+        if worker_id not in self._workers:
+            self._release(worker_id)
         self._workers.add(worker_id)
 
     async def unregister_worker(self, worker_id: str) -> None:
         """A worker stops (or dies): its runs become claimable."""
         self._workers.discard(worker_id)
+        self._release(worker_id)
+
+    def _release(self, worker_id: str) -> None:
         for run in self._runs.values():
             if run.owner == worker_id:
                 run.owner = None

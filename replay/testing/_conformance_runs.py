@@ -248,6 +248,19 @@ class RunCases(Cases):
         if claims["r2"].journal is not None:
             assert [e.seq for e in claims["r2"].journal] == [1]
 
+    async def test_registering_an_id_releases_the_runs_a_dead_worker_left_under_it(
+        self, store: Store
+    ) -> None:
+        # A worker restarted under a stable id: the runs its dead predecessor claimed
+        # are no live worker's, and go back to be claimed (with a new token).
+        await store.create_run(new_run("r1", workflow="wf"))
+        [first] = await store.claim(W1, ["wf"], T0, 10)  # by W1, which no live worker holds
+        await store.register_worker(W1)
+        [again] = await store.claim(W1, ["wf"], T0, 10)
+        assert again.run_id == "r1" and again.token > first.token
+        with pytest.raises(LeaseLost):
+            await store.append("r1", first.token, [Entry(2, j.SIDE_EFFECT, T0, {"name": "n", "value": 1})])
+
     # -- append --------------------------------------------------------------------------
 
     async def test_append_continues_the_journal_in_order(self, store: Store) -> None:
