@@ -62,19 +62,18 @@ def _caller() -> str:
 _AWAITED_CALLS: dict[CodeType, frozenset[int] | None] = {}
 
 
-def _awaited_at_once(depth: int = 3) -> bool:
+def _awaited_at_once() -> bool:
     """Whether the workflow code that issued this command awaits it at once (``await step(x)``).
 
     Only then may replay hand it an already-resolved future: live, nothing ran
     between the command and the workflow blocking on it. Code that does something
     first (``f = step(x); asyncio.create_task(...); await f``) let other tasks run
     before the completion arrived, so its replay takes the loop's way round too.
-    The caller is the innermost frame outside replay, from ``depth`` frames up
-    (here, the ``issue_*`` method and whatever of replay called it are at least
-    two); its last instruction is a call, and what follows it is read once per
-    code object.
+    The caller is the innermost frame outside replay: at least three frames up,
+    past this function, the ``issue_*`` method and what of replay called it. Its
+    last instruction is a call; what follows it is read once per code object.
     """
-    frame = sys._getframe(depth)
+    frame = sys._getframe(3)
     while True:
         code = frame.f_code
         try:
@@ -250,7 +249,7 @@ class Instance:
         if index != self._deliver or self.loop.has_ready():
             return False
         if op.future is not None and not _awaited_at_once():
-            return False  # a timer's handle (asyncio.sleep) goes through the ready queue anyway
+            return False  # (no future: a loop timer, asyncio.sleep's, whose handle runs in the ready queue)
         entries = self._entries
         k = index + 1
         n = len(entries)

@@ -315,7 +315,11 @@ class PostgresStore(Plumbing):
         if not known:
             # Runs still owned by that id belonged to a worker whose lease ran out (a
             # restart under a stable id, say): released, to be claimed again.
-            await self._write("registering a worker", lambda tx: events.release_runs(tx, worker_id))
+            try:
+                await self._write("registering a worker", lambda tx: events.release_runs(tx, worker_id))
+            except BaseException:
+                control.workers.pop(worker_id, None)  # not registered: a retry releases them again
+                raise
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Release the worker's runs (claimable at once) and end its lease."""

@@ -297,7 +297,11 @@ class SqliteStore(Store):
         restart under a stable id, say): they are released, to be claimed again.
         """
         if await asyncio.to_thread(self._locks.acquire, worker_id):
-            await self._submit(functools.partial(writes.unregister, worker_id=worker_id))
+            try:
+                await self._submit(functools.partial(writes.unregister, worker_id=worker_id))
+            except BaseException:
+                self._locks.release(worker_id)  # not registered: a retry releases them again
+                raise
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Release the worker's runs, then its lock (even if the release failed: it is gone)."""

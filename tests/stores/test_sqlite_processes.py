@@ -186,3 +186,30 @@ async def test_a_worker_whose_unregister_fails_still_lets_its_runs_go(
         await a.unregister_worker("a")
     monkeypatch.setattr(writer_module, "before_commit", None)
     assert {c.run_id for c in await b.claim("b", [WF], T0, 100)} == ids  # "a" is no longer alive
+
+
+async def test_a_registration_whose_release_fails_can_be_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    first = SqliteStore(url)
+    await first.open()
+    ids = await create(first, 2)
+    await first.register_worker("stable")
+    assert len(await first.claim("stable", [WF], T0, 100)) == 2
+    await first.close()  # dies under the id
+    second = SqliteStore(url)
+    await second.open()
+    try:
+
+        def full_disk(conn: object, size: int) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(writer_module, "before_commit", full_disk)
+        with pytest.raises(StoreError):
+            await second.register_worker("stable")
+        monkeypatch.setattr(writer_module, "before_commit", None)
+        await second.register_worker("stable")  # the release is not skipped this time
+        assert {c.run_id for c in await second.claim("stable", [WF], T0, 100)} == ids
+    finally:
+        await second.close()
