@@ -154,21 +154,31 @@ async def test_a_live_owner_is_seen_through_a_symlink_to_its_file(tmp_path: Path
         await b.close()
 
 
-async def test_a_worker_restarted_under_its_id_gets_its_dead_runs_back(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/shared.db"
+async def died_under(url: str, worker_id: str, runs: int) -> tuple[set[str], SqliteStore]:
+    """A process claims ``runs`` runs as ``worker_id`` and dies; the next one's store, opened."""
     first = SqliteStore(url)
     await first.open()
-    ids = await create(first, 3)
-    await first.register_worker("stable")
-    assert len(await first.claim("stable", [WF], T0, 100)) == 3
-    await first.close()  # dies: its lock goes, the rows still say "stable"
+    ids = await create(first, runs)
+    await first.register_worker(worker_id)
+    assert len(await first.claim(worker_id, [WF], T0, 100)) == runs
+    await first.close()  # dies: its lock goes, the rows still name the id
     second = SqliteStore(url)
     await second.open()
+    return ids, second
+
+
+async def test_a_worker_restarted_under_its_id_gets_its_dead_runs_back(tmp_path: Path) -> None:
+    ids, second = await died_under(f"sqlite:///{tmp_path}/shared.db", "stable", 3)
     try:
         await second.register_worker("stable")  # the same id, as a restarted pod's
         assert {c.run_id for c in await second.claim("stable", [WF], T0, 100)} == ids
     finally:
         await second.close()
+
+
+def full_disk(conn: object, size: int) -> None:
+    """A ``before_commit`` hook: every group fails, as on a full disk."""
+    raise OSError("disk full")
 
 
 async def test_a_worker_whose_unregister_fails_still_lets_its_runs_go(
@@ -177,10 +187,6 @@ async def test_a_worker_whose_unregister_fails_still_lets_its_runs_go(
     a, b = two
     ids = await create(a, 2)
     assert len(await a.claim("a", [WF], T0, 100)) == 2
-
-    def full_disk(conn: object, size: int) -> None:
-        raise OSError("disk full")
-
     monkeypatch.setattr(writer_module, "before_commit", full_disk)
     with pytest.raises(StoreError):
         await a.unregister_worker("a")
@@ -191,20 +197,8 @@ async def test_a_worker_whose_unregister_fails_still_lets_its_runs_go(
 async def test_a_registration_whose_release_fails_can_be_tried_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"sqlite:///{tmp_path}/shared.db"
-    first = SqliteStore(url)
-    await first.open()
-    ids = await create(first, 2)
-    await first.register_worker("stable")
-    assert len(await first.claim("stable", [WF], T0, 100)) == 2
-    await first.close()  # dies under the id
-    second = SqliteStore(url)
-    await second.open()
+    ids, second = await died_under(f"sqlite:///{tmp_path}/shared.db", "stable", 2)
     try:
-
-        def full_disk(conn: object, size: int) -> None:
-            raise OSError("disk full")
-
         monkeypatch.setattr(writer_module, "before_commit", full_disk)
         with pytest.raises(StoreError):
             await second.register_worker("stable")
