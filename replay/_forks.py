@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from replay import journal as j
+from replay._ids import new_id
 from replay.errors import RunNotFound
 from replay.handle import RunHandle
 from replay.journal import Entry
@@ -70,7 +70,7 @@ async def fork(app: App, source_id: str, from_step: int, run_id: str | None) -> 
     if "deadline" in data:
         data["deadline"] = now + (data["deadline"] - started.at)
     first = Entry(started.seq, started.kind, started.at, data)
-    new_id = run_id or uuid.uuid4().hex
+    fork_id = run_id or new_id()
     # The new run queues like any other run of its workflow (concurrency, priority,
     # throttle, cancel_on); it is neither debounced nor dropped by a rate limit.
     workflow = app.workflows.get(info.workflow)
@@ -78,9 +78,9 @@ async def fork(app: App, source_id: str, from_step: int, run_id: str | None) -> 
         NO_FLOW if workflow is None else attrs.evolve(workflow.flow(info.args, child=True), rate_limit=None)
     )
     new = NewRun(
-        new_id, info.workflow, info.args, first, journal=tuple(prefix[1:]), created_at=now, flow=flow
+        fork_id, info.workflow, info.args, first, journal=tuple(prefix[1:]), created_at=now, flow=flow
     )
     _, created = await store.create_run(new)
     if not created:
-        raise ValueError(f"a run with id {new_id!r} already exists; pick another run_id")
-    return RunHandle(app, new_id)
+        raise ValueError(f"a run with id {fork_id!r} already exists; pick another run_id")
+    return RunHandle(app, fork_id)

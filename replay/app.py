@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import inspect
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
 from replay import _forks as forks
+from replay._ids import new_id
 from replay._triggers import event_value
 from replay.clock import Clock, SystemClock
 from replay.definitions import Event, FlowOptions, StepDef, WorkflowDef
@@ -330,8 +330,8 @@ class App:
         Args:
             workflow: a workflow registered on this app.
             *args: its arguments, JSON values.
-            run_id: the run's id (default: a random one). If a run with this id
-                exists, it is returned and nothing new starts.
+            run_id: the run's id (default: a random one that sorts by time). If a
+                run with this id exists, it is returned and nothing new starts.
 
         Under ``debounce``, a start may join a run still waiting to begin: the
         handle returned is then that run's. Under ``rate_limit``, a start beyond
@@ -347,7 +347,7 @@ class App:
         if run_id is not None and (not isinstance(run_id, str) or not run_id):
             raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
         plain_args = round_trip(list(args), f"an argument of workflow {wf.name!r}")
-        new = wf.new_run(run_id or uuid.uuid4().hex, plain_args, self.clock.now())
+        new = wf.new_run(run_id or new_id(), plain_args, self.clock.now())
         store = await self.store()
         info, _ = await store.create_run(new)
         if info.workflow != wf.name:
@@ -394,7 +394,7 @@ class App:
         Args:
             name: the event's name.
             data: a JSON object.
-            id: the event's id (default: a random one); resending an id does nothing.
+            id: the event's id (default: a random one that sorts by time); resending an id does nothing.
 
         Returns:
             The event's id.
@@ -406,7 +406,7 @@ class App:
             raise TypeError(f"event data must be a dict, got {data!r}")
         if id is not None and (not isinstance(id, str) or not id):
             raise ValueError(f"an event id must be a non-empty str, got {id!r}")
-        event = EventRecord(id or uuid.uuid4().hex, name, plain, self.clock.now())
+        event = EventRecord(id or new_id(), name, plain, self.clock.now())
         starts = [
             wf.new_run(f"{wf.name}:{event.id}", [event_value(event)], event.at)
             for wf in self.workflows.values()
