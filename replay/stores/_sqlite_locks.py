@@ -6,6 +6,11 @@ it dies, so another process sees at once that the owner of a ``running`` run is
 gone: the lock file is missing or can be locked. ``flock`` locks belong to open
 file descriptions, not processes, so two stores in one process see each other as
 two processes would (the tests rely on that).
+
+For the same reason a child made by ``fork`` would share the parent's locks and
+keep them after the parent died, hiding its death from every other process for
+as long as the child lives. So a forked child closes its copies at once: the
+locks stay the parent's alone.
 """
 
 from __future__ import annotations
@@ -16,10 +21,26 @@ import hashlib
 import os
 import re
 import time
+import weakref
 
 from replay.errors import StoreError
 
 __all__ = ("WorkerLocks",)
+
+#: Every ``WorkerLocks`` of this process, for ``_close_in_child``.
+_instances: weakref.WeakSet[WorkerLocks] = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    """In a forked child: drop the copies of the parent's lock descriptors, not the locks."""
+    for locks in list(_instances):
+        for fd in locks._held.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the lock lives on in the parent's descriptor
+        locks._held.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class WorkerLocks:
@@ -32,6 +53,7 @@ class WorkerLocks:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self._held: dict[str, int] = {}  # worker id -> fd holding its lock
+        _instances.add(self)
 
     def path(self, worker_id: str) -> str:
         """The lock file of ``worker_id``."""

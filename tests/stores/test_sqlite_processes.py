@@ -7,6 +7,9 @@ so two stores in one process contend for it exactly as two processes would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -99,7 +102,7 @@ async def test_a_live_worker_id_cannot_be_taken_twice(two: tuple[SqliteStore, Sq
 
 CHILD = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, os, signal, sys
     from replay.stores.sqlite import SqliteStore
 
     async def main():
@@ -107,7 +110,16 @@ CHILD = textwrap.dedent(
         await store.open()
         await store.register_worker("child")
         claims = await store.claim("child", ["wf"], 1000.0, 100)
-        print(" ".join(sorted(c.run_id for c in claims)), flush=True)
+        forked = ""
+        if sys.argv[2:] == ["fork"]:  # a process of its own outlives it (a pool, a daemon)
+            pid = os.fork()
+            if pid == 0:  # off the pipes, which the test waits on, and alive until killed
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                signal.pause()
+            forked = f" {pid}"
+        print(" ".join(sorted(c.run_id for c in claims)) + forked, flush=True)
         sys.stdin.readline()  # hold the runs until killed
 
     asyncio.run(main())
@@ -115,24 +127,33 @@ CHILD = textwrap.dedent(
 )
 
 
-async def test_runs_of_a_killed_process_are_claimed_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [False, True], ids=["alone", "with-a-forked-child-alive"])
+async def test_runs_of_a_killed_process_are_claimed_at_once(tmp_path: Path, fork: bool) -> None:
     url = f"sqlite:///{tmp_path}/shared.db"
     store = SqliteStore(url)
     await store.open()
+    forked: int | None = None
     try:
         await store.register_worker("parent")
         ids = await create(store, 4)
+        args = [url, "fork"] if fork else [url]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, url, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            sys.executable, "-c", CHILD, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
         assert proc.stdout is not None
-        line = await proc.stdout.readline()
-        assert set(line.decode().split()) == ids
+        words = (await proc.stdout.readline()).decode().split()
+        if fork:
+            forked = int(words.pop())
+        assert set(words) == ids
         assert await store.claim("parent", [WF], T0, 100) == []  # the child is alive
         proc.kill()
         await proc.wait()
+        # Its own child, forked after it registered, still runs: the worker is dead all the same.
         assert {c.run_id for c in await store.claim("parent", [WF], T0, 100)} == ids
     finally:
+        if forked is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(forked, signal.SIGKILL)
         await store.close()
 
 
