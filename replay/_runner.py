@@ -136,27 +136,8 @@ class RunDriver:
                 log.warning(
                     "run %s could not be handed back (%s); trying again in %g s", self.run_id, exc, pause
                 )
-            await self._pause(pause)
+            await self.worker.activity.pause(self.clock, pause)
             pause = min(pause * 2, 60.0)
-
-    async def _pause(self, seconds: float) -> None:
-        """Wait ``seconds`` on the worker's clock, not counted as work in flight meanwhile."""
-        done: asyncio.Future[None] = self._loop.create_future()
-        activity = self.worker.activity
-
-        def wake() -> None:
-            if not done.done():
-                activity.inc()  # busy from the moment the clock wakes it, as its other callbacks
-                done.set_result(None)
-
-        timer = self.clock.call_at(self.clock.now() + seconds, wake)
-        activity.dec()
-        try:
-            await done
-        finally:
-            timer.cancel()
-            if not done.done() or done.cancelled():
-                activity.inc()  # cancelled while waiting: wake never counted it back
 
     def _cleanup(self) -> None:
         self.closed = True

@@ -34,6 +34,9 @@ __all__ = ("StepInfo", "Worker", "current_step")
 
 log = logging.getLogger("replay.worker")
 
+#: Seconds, on the worker's clock, before a claim pass that failed is tried again.
+CLAIM_RETRY = 0.5
+
 
 @attrs.frozen
 class StepInfo:
@@ -101,6 +104,28 @@ class Activity:
         if self.count <= 0:
             self.idle.set()
 
+    async def pause(self, clock: Clock, seconds: float) -> None:
+        """Wait ``seconds`` on ``clock``, not counted as work meanwhile (a backoff after a failure).
+
+        The caller holds one count: it is given back for the wait and taken
+        again when the clock wakes the caller, or when the wait is cancelled.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not done.done():
+                self.inc()  # busy from the moment the clock wakes it, as its other callbacks
+                done.set_result(None)
+
+        timer = clock.call_at(clock.now() + seconds, wake)
+        self.dec()
+        try:
+            await done
+        finally:
+            timer.cancel()
+            if not done.done() or done.cancelled():
+                self.inc()  # cancelled while waiting: wake never counted it back
+
     def progressed(self) -> asyncio.Future[None]:
         """A future that resolves the next time some work is done (a step returned, a batch was journaled)."""
         if self._progress is None or self._progress.done():
@@ -163,6 +188,7 @@ class Worker:
         self._names: tuple[str, ...] = ()
         self._triggers: Triggers | None = None
         self._halted = False
+        self._passing = False  # the claim loop holds a count of activity for the pass it runs
         self._draining = False
         self._never: asyncio.Future[None] | None = None  # what a step started while draining awaits
         # Runs told of news while a claim was in flight: the claim may have read
@@ -190,8 +216,9 @@ class Worker:
         self._unsubscribe = self.store.subscribe(self._on_notice)
         await self._report_unknown()
         self.activity.inc()  # the first claim pass
+        self._passing = True
         self._claim_task = asyncio.create_task(self._claim_loop(), name=f"{self.worker_id}:claim")
-        self._claim_task.add_done_callback(self._task_done)
+        self._claim_task.add_done_callback(self._claim_loop_done)
 
     async def stop(self) -> None:
         """Stop: drop hot runs (steps in flight will run again elsewhere) and unregister."""
@@ -302,27 +329,32 @@ class Worker:
             self._wake()
 
     def _wake(self) -> None:
-        if self._draining:
-            return  # a draining worker claims nothing more
+        if self._draining or self._halted:
+            return  # a draining or stopped worker claims nothing more
         if not self._wake_pending:
             self._wake_pending = True
             self.activity.inc()
             self._wake_event.set()
 
     async def _claim_loop(self) -> None:
+        # The loop holds one count of activity while it runs a pass (``_passing``;
+        # ``start`` took the first), and ``_wake`` one more while a wake-up is pending.
         while not self._halted:
             try:
                 await self._claim_pass()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("claiming runs failed; trying again")
-                await asyncio.sleep(0.5)
+                log.exception("claiming runs failed; trying again in %g s", CLAIM_RETRY)
+                # Not idle-waiting here: a wait is not work, and a test's clock may be the one to move.
+                retry = self.clock.now() + CLAIM_RETRY
+                self._arm_wake(retry if self._wake_timer_at is None else min(retry, self._wake_timer_at))
             if self._wake_pending:
                 self._wake_pending = False
                 self.activity.dec()
                 continue
             self._wake_event.clear()
+            self._passing = False
             self.activity.dec()
             if self.poll_interval is None:
                 await self._wake_event.wait()
@@ -334,7 +366,17 @@ class Worker:
                         await self._wake_event.wait()
                 except TimeoutError:
                     self._wake()
-            self._wake_pending = False
+            if self._wake_pending:  # its count is the next pass's
+                self._wake_pending = False
+                self._passing = True
+
+    def _claim_loop_done(self, task: asyncio.Task[None]) -> None:
+        # Stopped (halt, drain), maybe before it ever ran: give back what the loop still counts.
+        held = int(self._passing) + int(self._wake_pending)
+        self._passing = self._wake_pending = False
+        if held:
+            self.activity.dec(held)
+        self._task_done(task)
 
     async def _claim_pass(self) -> None:
         await self._hear_news()
@@ -363,6 +405,10 @@ class Worker:
             wake = None
         if next_tick is not None:
             wake = next_tick if wake is None else min(wake, next_tick)
+        self._arm_wake(wake)
+
+    def _arm_wake(self, wake: float | None) -> None:
+        """Have the clock wake the claim loop at ``wake`` (and at no other time it was set to)."""
         if wake != self._wake_timer_at:
             if self._wake_timer is not None:
                 self._wake_timer.cancel()

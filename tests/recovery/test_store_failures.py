@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 import replay
+from replay import worker as worker_module
 from replay.stores import _sqlite_writer as writer_module
+from replay.stores.base import Claim
+from replay.stores.memory import MemoryStore
 from replay.stores.sqlite import SqliteStore
 from replay.testing import TestEnv
 
@@ -47,3 +51,51 @@ async def test_a_run_whose_writes_fail_is_handed_back_once_the_disk_recovers(
             await env.advance(timedelta(seconds=5))
             assert await run.result() == 7
     assert runs_of_step == 2  # the first attempt's outcome was never journaled
+
+
+class ClaimsFailOnce(MemoryStore):
+    """A memory store whose next claim fails once armed, as a store briefly unreachable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = self.failed = False
+
+    async def claim(self, worker_id: str, workflows: Sequence[str], now: float, limit: int) -> list[Claim]:
+        if self.armed and not self.failed:
+            self.failed = True
+            raise OSError("the store is unreachable")
+        return await super().claim(worker_id, workflows, now, limit)
+
+
+async def test_a_failed_claim_is_tried_again_on_the_worker_clock() -> None:
+    app = replay.App("claims-fail", store="memory://")
+
+    @app.workflow()
+    async def job(ctx: replay.Context) -> int:
+        return 7
+
+    store = ClaimsFailOnce()
+    async with TestEnv(app, store=store) as env:
+        await env.idle()  # the worker's first pass, which finds nothing
+        store.armed = True
+        run = await app.start(job)
+        await env.idle()  # the failed pass waits for its retry without counting as busy
+        assert store.failed and await run.status() == "pending"
+        await env.advance(worker_module.CLAIM_RETRY)
+        assert await run.result() == 7
+
+
+async def test_a_worker_stopped_with_a_wake_up_pending_is_left_idle() -> None:
+    app = replay.App("stop-pending", store="memory://")
+
+    @app.workflow()
+    async def job(ctx: replay.Context) -> int:
+        return 7
+
+    async with TestEnv(app) as env:
+        worker = env.worker
+        await app.start(job)  # its notice wakes the claim loop, which has not run yet
+        await worker.stop()
+        async with asyncio.timeout(20):  # a bound for a hang (the bug's form), not a timing
+            await worker.wait_idle()
+        assert worker.activity.count == 0
