@@ -464,7 +464,7 @@ class App:
             source_id: the run to fork, in any status.
             from_step: which step to run again, counting ``step_scheduled``
                 entries from 1; it and every command after it run anew.
-            run_id: the new run's id (default: a random one).
+            run_id: the new run's id (default: a random one that sorts by time).
 
         Returns:
             A handle on the new run.

@@ -34,8 +34,10 @@ __all__ = ("StepInfo", "Worker", "current_step")
 
 log = logging.getLogger("replay.worker")
 
-#: Seconds, on the worker's clock, before a claim pass that failed is tried again.
+#: Seconds, on the worker's clock, before a claim pass that failed is tried again;
+#: doubled at each failure in a row, up to ``CLAIM_RETRY_MAX``.
 CLAIM_RETRY = 0.5
+CLAIM_RETRY_MAX = 30.0
 
 
 @attrs.frozen
@@ -189,6 +191,8 @@ class Worker:
         self._triggers: Triggers | None = None
         self._halted = False
         self._passing = False  # the claim loop holds a count of activity for the pass it runs
+        self._claim_failures = 0  # claim passes failed in a row
+        self._retry_timer: TimerHandle | None = None  # set while a failed pass waits to be retried
         self._draining = False
         self._never: asyncio.Future[None] | None = None  # what a step started while draining awaits
         # Runs told of news while a claim was in flight: the claim may have read
@@ -246,9 +250,7 @@ class Worker:
         self._draining = True
         if self._claim_task is not None:
             self._claim_task.cancel()
-        if self._wake_timer is not None:
-            self._wake_timer.cancel()
-            self._wake_timer = None
+        self._cancel_timers()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -266,6 +268,12 @@ class Worker:
         cut = self.in_flight()
         await self.stop()
         return cut
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._wake_timer, self._retry_timer):
+            if timer is not None:
+                timer.cancel()
+        self._wake_timer = self._wake_timer_at = self._retry_timer = None
 
     def in_flight(self) -> list[StepInfo]:
         """Step attempts begun by this worker whose outcome is not journaled yet."""
@@ -286,8 +294,7 @@ class Worker:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._wake_timer is not None:
-            self._wake_timer.cancel()
+        self._cancel_timers()
         if self._claim_task is not None:
             self._claim_task.cancel()
         for task in list(self._tasks):
@@ -329,8 +336,8 @@ class Worker:
             self._wake()
 
     def _wake(self) -> None:
-        if self._draining or self._halted:
-            return  # a draining or stopped worker claims nothing more
+        if self._draining or self._halted or self._retry_timer is not None:
+            return  # a draining or stopped worker claims nothing more; a failed pass waits for its retry
         if not self._wake_pending:
             self._wake_pending = True
             self.activity.inc()
@@ -342,23 +349,22 @@ class Worker:
         while not self._halted:
             try:
                 await self._claim_pass()
+                self._claim_failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("claiming runs failed; trying again in %g s", CLAIM_RETRY)
-                # Not idle-waiting here: a wait is not work, and a test's clock may be the one to move.
-                retry = self.clock.now() + CLAIM_RETRY
-                self._arm_wake(retry if self._wake_timer_at is None else min(retry, self._wake_timer_at))
+            except Exception as exc:  # noqa: BLE001 - logged, and tried again after a backoff
+                self._back_off(exc)
             if self._wake_pending:
                 self._wake_pending = False
                 self.activity.dec()
                 continue
-            self._wake_event.clear()
             self._passing = False
             self.activity.dec()
-            if self.poll_interval is None:
-                await self._wake_event.wait()
-            else:
+            while not self._wake_pending:  # a poll, or a wake-up while backing off, runs no pass
+                self._wake_event.clear()
+                if self.poll_interval is None:
+                    await self._wake_event.wait()
+                    continue
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                 # cancellation that races the event, and the loop would outlive stop().
                 try:
@@ -366,9 +372,30 @@ class Worker:
                         await self._wake_event.wait()
                 except TimeoutError:
                     self._wake()
-            if self._wake_pending:  # its count is the next pass's
-                self._wake_pending = False
-                self._passing = True
+            self._wake_pending = False  # its count is the next pass's
+            self._passing = True
+
+    def _back_off(self, exc: Exception) -> None:
+        """After a failed pass: no pass until the clock says so, sooner for each failure than the next.
+
+        Meanwhile wake-ups are dropped (the retry is a full pass) and the loop
+        waits without counting as busy: a store that stays down is no work in
+        flight, and a test's virtual clock may be what has to move.
+        """
+        self._claim_failures += 1
+        delay = min(CLAIM_RETRY * 2 ** (self._claim_failures - 1), CLAIM_RETRY_MAX)
+        if self._claim_failures == 1:
+            log.error("claiming runs failed; trying again in %g s", delay, exc_info=exc)
+        else:
+            log.warning("claiming runs failed again (%s); trying again in %g s", exc, delay)
+        if self._wake_pending:  # what it asked for is the retry's to do
+            self._wake_pending = False
+            self.activity.dec()
+        self._retry_timer = self.clock.call_at(self.clock.now() + delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_timer = None
+        self._wake()
 
     def _claim_loop_done(self, task: asyncio.Task[None]) -> None:
         # Stopped (halt, drain), maybe before it ever ran: give back what the loop still counts.

@@ -284,7 +284,9 @@ def retry(run_id: str, store_url: str, as_json: bool) -> None:
     metavar="N",
     help="The step to run again, counting from 1; it and everything after it run anew.",
 )
-@click.option("--run-id", "new_id", metavar="ID", help="The new run's id (default: a random one).")
+@click.option(
+    "--run-id", "new_id", metavar="ID", help="The new run's id (default: a random one that sorts by time)."
+)
 @store_option
 @json_option
 def fork(run_id: str, from_step: int, new_id: str | None, store_url: str, as_json: bool) -> None:

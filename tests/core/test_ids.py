@@ -36,6 +36,9 @@ def test_an_id_is_a_version_7_uuid_holding_its_millisecond(ms: int, rand: int) -
     assert len(made) == 32 and parsed.hex == made
     assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert parsed.int >> 80 == ms
+    # 74 of the random bits, where RFC 9562 puts them: 12 after the version, 62 after the variant.
+    assert (parsed.int >> 64) & 0xFFF == (rand >> 64) & 0xFFF
+    assert parsed.int & ((1 << 62) - 1) == rand & ((1 << 62) - 1)
 
 
 @given(millis, millis, random_bits, random_bits)
@@ -55,6 +58,13 @@ def test_ids_made_later_sort_later_and_never_repeat(monkeypatch: pytest.MonkeyPa
     made = [_ids.new_id() for _ in range(1000)]
     assert made == sorted(made)
     assert len(set(made)) == len(made)
+
+
+def test_ids_of_one_millisecond_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ids.time, "time_ns", lambda: 1_700_000_000_000_000_000)
+    made = {_ids.new_id() for _ in range(1000)}
+    assert len(made) == 1000
+    assert len({m[:12] for m in made}) == 1  # one millisecond: the same first 48 bits
 
 
 async def test_runs_and_events_get_such_ids_by_default() -> None:
