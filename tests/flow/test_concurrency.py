@@ -16,15 +16,19 @@ async def test_200_starts_never_show_a_fourth_running(env_for: Callable[..., Tes
     peak_steps = 0
     peak_running = 0
     store_holder: list[replay.App] = [app]
+    full = asyncio.Event()  # set once three steps run at once: the first steps wait for it
 
     @app.step()
     async def work(i: int) -> int:
         nonlocal in_steps, peak_steps, peak_running
         in_steps += 1
         peak_steps = max(peak_steps, in_steps)
+        if in_steps == 3:
+            full.set()
         store = await store_holder[0].store()
         running = await store.list_runs(workflow="limited", status="running", limit=1000)
         peak_running = max(peak_running, len(running))
+        await full.wait()  # a limit of 3 lets three in; a lower one never would (the bound below)
         for _ in range(3):
             await asyncio.sleep(0)  # give other runs every chance to overlap
         in_steps -= 1
@@ -38,8 +42,9 @@ async def test_200_starts_never_show_a_fourth_running(env_for: Callable[..., Tes
 
     async with env_for(app) as env:
         runs = [await app.start(limited, i, run_id=f"r{i:03}") for i in range(200)]
-        await env.idle()
-        assert [await r.result() for r in runs] == [2 * i + 1 for i in range(200)]
+        async with asyncio.timeout(60):  # a bound for a hang (a limit below 3), not a timing
+            await env.idle()
+            assert [await r.result() for r in runs] == [2 * i + 1 for i in range(200)]
     assert peak_running == 3
     assert peak_steps == 3
 
