@@ -376,7 +376,7 @@ class Worker:
             self._passing = True
 
     def _back_off(self, exc: Exception) -> None:
-        """After a failed pass: no pass until the clock says so, sooner for each failure than the next.
+        """After a failed pass: none until the retry is due, each wait twice the last, up to a cap.
 
         Meanwhile wake-ups are dropped (the retry is a full pass) and the loop
         waits without counting as busy: a store that stays down is no work in
@@ -432,10 +432,6 @@ class Worker:
             wake = None
         if next_tick is not None:
             wake = next_tick if wake is None else min(wake, next_tick)
-        self._arm_wake(wake)
-
-    def _arm_wake(self, wake: float | None) -> None:
-        """Have the clock wake the claim loop at ``wake`` (and at no other time it was set to)."""
         if wake != self._wake_timer_at:
             if self._wake_timer is not None:
                 self._wake_timer.cancel()
