@@ -45,7 +45,6 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._running = False
         self._task_count = 0
         self.tasks: list[asyncio.Task[Any]] = []  # every task of this workflow, for closing
-        self._exceptions: list[dict[str, Any]] = []
 
     # -- driving -----------------------------------------------------------------
 
@@ -163,10 +162,18 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._ready.clear()
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
-        self._exceptions.append(context)
+        self.default_exception_handler(context)
 
     def default_exception_handler(self, context: dict[str, Any]) -> None:
-        self._exceptions.append(context)
+        # Once closed, the instance's tasks die pending on purpose (eviction, a crash):
+        # nothing to report. Keeping the context would also keep the dying task, and
+        # with it the whole instance, alive past the collection that found it.
+        if self._closed:
+            return
+        exception = context.get("exception")
+        self.instance.ctx.log.error(
+            "%s", context.get("message", "unhandled error in workflow code"), exc_info=exception
+        )
 
     def get_exception_handler(self) -> None:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from asyncio import events
 from datetime import timedelta
@@ -117,3 +118,55 @@ async def test_io_in_a_workflow_is_refused_with_advice(what: str) -> None:
 
 def test_sandbox_error_is_a_runtime_error() -> None:
     assert issubclass(WorkflowSandboxError, RuntimeError)
+
+
+@app.workflow()
+async def naps(ctx: replay.Context) -> str:
+    tag = await record("before the nap")
+    await ctx.sleep(timedelta(days=1))
+    return tag
+
+
+async def test_an_evicted_run_is_freed_by_one_collection() -> None:
+    # Eviction closes the run's coroutines; their tasks then die pending. The loop
+    # must not keep what asyncio reports about them ("Task was destroyed but it is
+    # pending!"): a record kept from inside the dying cycle revives it, and every
+    # evicted run would hold its memory until yet another full collection.
+    gc.disable()
+    try:
+        async with app.worker() as worker:
+            runs = [await app.start(naps) for _ in range(20)]
+            await worker.wait_idle()
+            assert [await run.status() for run in runs] == ["suspended"] * 20
+            assert not worker.drivers
+            gc.collect()
+            ids = {run.run_id for run in runs}
+            alive = [o for o in gc.get_objects() if isinstance(o, WorkflowLoop) and o.instance.run_id in ids]
+            assert alive == []
+    finally:
+        gc.enable()
+
+
+@app.workflow()
+async def drops_a_failed_future(ctx: replay.Context) -> str:
+    failed = asyncio.get_running_loop().create_future()
+    failed.set_exception(ValueError("nobody looked"))
+    del failed  # asyncio reports an exception nobody retrieved, through the loop
+    tag = await record("after")
+    await ctx.sleep(timedelta(days=1))
+    return tag
+
+
+async def test_an_unretrieved_exception_in_workflow_code_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async with TestEnv(app) as env:
+        run = await app.start(drops_a_failed_future, run_id="dropper")
+        await env.idle()
+        reports = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+        assert len(reports) == 1
+        assert "[dropper]" in reports[0].getMessage()
+        assert reports[0].exc_info is not None and isinstance(reports[0].exc_info[1], ValueError)
+        caplog.clear()
+        await env.crash()
+        await env.advance(timedelta(days=1))  # the replay drops it again, silently
+        assert await run.result() == "after"
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
