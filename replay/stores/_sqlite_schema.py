@@ -140,10 +140,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
-def prepare(conn: sqlite3.Connection, path: str) -> None:
+def prepare(conn: sqlite3.Connection, path: str, *, checked: bool = False) -> None:
     """Check the database behind ``conn`` and bring its schema up to date.
 
-    ``conn`` must be in autocommit mode (``isolation_level=None``).
+    ``conn`` must be in autocommit mode (``isolation_level=None``). ``checked``:
+    ``check_read_only`` already ran SQLite's integrity check on the file.
 
     Raises:
         SchemaError: the file is not a replay database, is corrupt, or was
@@ -151,7 +152,7 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
     """
     try:
         version = _version(conn, path)
-        if version > 0:
+        if version > 0 and not checked:
             _check_integrity(conn, path)
     except sqlite3.DatabaseError as exc:
         raise _unreadable(path, exc) from None
@@ -159,32 +160,71 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
         _migrate(conn, path)
 
 
-def check_read_only(path: str) -> None:
-    """Refuse a file that is not a replay database, or is a newer one, reading it read-only.
+def check_read_only(path: str) -> bool:
+    """Refuse, before any write connection, a file that opening read-write would change.
 
-    Only for a file with a write-ahead log beside it (its writer died before a
+    A file cut short: SQLite reads the missing pages as zeros, its integrity
+    check may pass, and the first checkpoint writes the file back to full size,
+    the damage then made for good. The file's header says how long it is;
+    checked when no write-ahead log is beside the file (with one, the newest
+    pages may be in the log, and the header is not yet up to date).
+
+    A file with a write-ahead log beside it (its writer died before a
     checkpoint): a read-write connection would, on closing, fold that WAL into
-    the file, so another program's database would be refused, yet changed. A
-    read-only one leaves the file and its WAL as they were; only the ``-shm``,
-    SQLite's index of the WAL that any reader rebuilds, is rewritten. Without
-    a WAL, ``prepare``'s own checks change nothing.
+    the file, so another program's database, or a damaged one, would be
+    refused, yet changed. Its version and integrity are checked read-only,
+    which leaves the file and its WAL as they were; only the ``-shm``, SQLite's
+    index of the WAL that any reader rebuilds, is rewritten. Returns whether
+    the integrity check ran here.
 
     Raises:
         SchemaError: as ``prepare``.
     """
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return False
     wal = path + "-wal"
-    if not os.path.exists(wal) or os.path.getsize(wal) == 0 or os.path.getsize(path) == 0:
-        return
+    if not os.path.exists(wal) or os.path.getsize(wal) == 0:
+        _check_length(path)
+        return False
     try:
         conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error:
-        return  # not openable read-only (no access to its -shm, say): prepare will say why
+        return False  # not openable read-only (no access to its -shm, say): prepare will say why
     try:
-        _version(conn, path)
+        if _version(conn, path) > 0:
+            _check_integrity(conn, path)
+            return True
+        return False
     except sqlite3.DatabaseError as exc:
         raise _unreadable(path, exc) from None
     finally:
         conn.close()
+
+
+#: The first bytes of every SQLite database file.
+_MAGIC: Final = b"SQLite format 3\x00"
+
+
+def _check_length(path: str) -> None:
+    """Refuse a file shorter than its header says, or not a whole number of pages."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(_MAGIC):
+        return  # not an SQLite file at all: opening it says so
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return  # a damaged header: opening it says so
+    pages = int.from_bytes(header[28:32], "big")
+    # The page count is valid when the "version valid for" number matches the change counter.
+    counted = pages > 0 and header[92:96] == header[24:28]
+    if size % page_size or (counted and size < pages * page_size):
+        expected = f"{pages * page_size:,} bytes" if counted else f"a multiple of {page_size:,} bytes"
+        raise SchemaError(
+            f"{path} is a corrupt database: it holds {size:,} bytes where its header says "
+            f"{expected} (the file was cut short)"
+        )
 
 
 def _unreadable(path: str, exc: sqlite3.DatabaseError) -> SchemaError:
@@ -198,11 +238,15 @@ def _unreadable(path: str, exc: sqlite3.DatabaseError) -> SchemaError:
 def _version(conn: sqlite3.Connection, path: str) -> int:
     """The file's schema version: 0 for an empty database."""
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not tables and app_id == 0:
-        return 0
+    user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+    objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
+    tables = {name for kind, name in objects if kind == "table"}
+    if not objects and app_id == 0 and user_version == 0:
+        return 0  # a new file (or one with nothing in it): replay's to fill
     if app_id != APPLICATION_ID or "replay_schema" not in tables:
-        held = ", ".join(sorted(tables)) or "no tables"
+        held = ", ".join(sorted(tables) or sorted(f"{kind} {name}" for kind, name in objects))
+        if not held:
+            held = f"no tables, but user_version {user_version}" if user_version else "no tables"
         raise SchemaError(
             f"{path} is not a replay database (it holds {held}); "
             "point the store at a new file or at one replay created"

@@ -112,7 +112,7 @@ class SqliteStore(Store):
     ) -> None:
         super().__init__()
         path, options = parse_url(url)
-        chosen = durability or options.get("durability", "full")
+        chosen = durability if durability is not None else options.get("durability", "full")
         if chosen not in _DURABILITIES:
             raise ValueError(f"durability must be 'full' or 'normal', got {chosen!r}")
         self.url = url
@@ -167,13 +167,18 @@ class SqliteStore(Store):
         try:
             return sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, **kwargs)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the SQLite store at {self.path!r}: {exc}") from None
+            reason = str(exc)
+            directory = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(directory):
+                reason = f"its directory {directory} does not exist"  # SQLite says only "unable to open"
+            raise StoreError(f"cannot open the SQLite store at {self.path!r}: {reason}") from None
 
     def _prepare(self) -> None:
-        check_read_only(self.path)  # another program's file: refused before any write connection
+        # A file that a write connection would change: refused before opening one.
+        checked = check_read_only(self.path)
         conn = self._connect()
         try:
-            prepare(conn, self.path)
+            prepare(conn, self.path, checked=checked)
         finally:
             conn.close()
 

@@ -64,6 +64,8 @@ def test_bad_urls_are_refused(bad: str) -> None:
 def test_bad_durability_is_refused() -> None:
     with pytest.raises(ValueError, match="durability"):
         SqliteStore("sqlite:///r.db?durability=sometimes")
+    with pytest.raises(ValueError, match="durability"):
+        SqliteStore("sqlite:///r.db", durability="")  # type: ignore[arg-type]
 
 
 def test_open_store_picks_sqlite(tmp_path: Path) -> None:
@@ -108,7 +110,7 @@ async def test_a_store_must_be_open(tmp_path: Path) -> None:
 
 async def test_a_missing_directory_is_a_store_error(tmp_path: Path) -> None:
     store = SqliteStore(url(tmp_path / "missing" / "r.db"))
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(StoreError, match=r"cannot open .* its directory .*missing does not exist"):
         await store.open()
 
 
@@ -159,19 +161,28 @@ async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
     await refused(path, r"not a replay database \(it holds users\)")
 
 
-def test_another_applications_database_with_its_wal_left_is_refused_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "other.db"
-    # The other program died with its last writes still in its WAL (no checkpoint).
-    leave_wal = (
+def leave_wal(path: Path, *statements: str) -> None:
+    """Run ``statements`` on ``path`` in a process that dies before any checkpoint."""
+    script = (
         "import os, sqlite3, sys\n"
         "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
         "conn.execute('PRAGMA journal_mode = WAL')\n"
         "conn.execute('PRAGMA wal_autocheckpoint = 0')\n"
-        "conn.execute('CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)')\n"
-        "conn.execute(\"INSERT INTO users (name) VALUES ('ada')\")\n"
+        "for statement in sys.argv[2:]:\n"
+        "    conn.execute(statement)\n"
         "os._exit(0)\n"
     )
-    subprocess.run([sys.executable, "-c", leave_wal, str(path)], check=True)
+    subprocess.run([sys.executable, "-c", script, str(path), *statements], check=True)
+
+
+def test_another_applications_database_with_its_wal_left_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    # The other program died with its last writes still in its WAL (no checkpoint).
+    leave_wal(
+        path,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)",
+        "INSERT INTO users (name) VALUES ('ada')",
+    )
     kept = {name: (tmp_path / name).read_bytes() for name in ("other.db", "other.db-wal")}
     store = SqliteStore(url(path))
     with pytest.raises(SchemaError, match=r"not a replay database \(it holds users\)"):
@@ -180,7 +191,7 @@ def test_another_applications_database_with_its_wal_left_is_refused_untouched(tm
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
 
 
-@pytest.mark.parametrize("damage", ["pages", "truncated", "header"])
+@pytest.mark.parametrize("damage", ["pages", "truncated", "header", "cut_short", "last_page_gone"])
 async def test_a_corrupt_file_is_refused(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "r.db"
     await make_db(path, runs=300)
@@ -190,10 +201,44 @@ async def test_a_corrupt_file_is_refused(tmp_path: Path, damage: str) -> None:
         raw[4096 * 3 : 4096 * 5] = rng.randbytes(4096 * 2)
     elif damage == "truncated":
         del raw[len(raw) // 2 :]
+    elif damage == "cut_short":
+        # Less than a page: SQLite reads the rest as zeros and its own check may pass.
+        del raw[-100:]
+    elif damage == "last_page_gone":
+        del raw[-4096:]
     else:
         raw[:100] = bytes(100)
     path.write_bytes(bytes(raw))
     await refused(path, "corrupt|header is damaged")
+
+
+def test_a_corrupt_file_with_its_wal_left_is_refused_untouched(tmp_path: Path) -> None:
+    # The state a crash leaves: the newest writes in the WAL. Refusing the file
+    # must not fold that WAL into it (which closing a write connection would do).
+    path = tmp_path / "r.db"
+    asyncio.run(make_db(path, runs=300))
+    leave_wal(path, "UPDATE runs SET updated_at = 2")
+    raw = bytearray(path.read_bytes())
+    raw[4096 * 3 : 4096 * 5] = random.Random(7).randbytes(4096 * 2)
+    path.write_bytes(bytes(raw))
+    kept = {name: (tmp_path / name).read_bytes() for name in ("r.db", "r.db-wal")}
+    with pytest.raises(SchemaError, match="corrupt"):
+        asyncio.run(SqliteStore(url(path)).open())
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+
+
+@pytest.mark.parametrize(
+    ("statement", "held"),
+    [("CREATE VIEW answers AS SELECT 42", "view answers"), ("PRAGMA user_version = 7", "user_version 7")],
+)
+async def test_a_database_without_tables_is_not_taken_for_a_new_one(
+    tmp_path: Path, statement: str, held: str
+) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(statement)
+    conn.close()
+    await refused(path, f"not a replay database \\(it holds [^)]*{held}")
 
 
 async def test_a_version_1_file_is_migrated_with_its_runs_intact(tmp_path: Path) -> None:
