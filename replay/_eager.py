@@ -98,13 +98,23 @@ class _FirstPart(Coroutine[Any, Any, Any]):
         raise error
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        """The task throws into the coroutine (a cancellation, most often)."""
+        """The task throws into the coroutine: a cancellation (the only thing a task throws)."""
         if not self._started:
             self._started = True
             if self._done:
                 # Finished already (returned or raised): what is thrown in ends the task instead.
                 self._error = None
                 raise typ if val is None else val
+            first, exc = self._first, typ if val is None else val
+            cancel = isinstance(exc, asyncio.CancelledError) and getattr(
+                first, "_asyncio_future_blocking", False
+            )
+            if cancel and first.cancel(exc.args[0] if exc.args else None):
+                # Cancelled before its first turn, while waiting on a future. A task that
+                # had taken its turn would cancel that future and wait for it to be done
+                # (an inner task first runs its own cleanup); so does this one, handed
+                # the future as if the coroutine had only now yielded it.
+                return first
         return self._coro.throw(typ, val, tb)
 
     def close(self) -> None:

@@ -138,3 +138,31 @@ async def test_a_task_cancelled_before_its_first_turn_is_cancelled() -> None:
     assert ran == [True]
     # On 3.12 the task is already done (cancel() is refused); on 3.11 it ends cancelled.
     assert task.cancelled() is cancelled
+
+
+async def test_a_waiting_task_cancelled_before_its_first_turn_cancels_what_it_waits_on() -> None:
+    # As any asyncio task: cancelling it cancels the future it waits on, and the
+    # coroutine sees the cancellation once that future is done (here: an inner
+    # task, which gets to run its own cleanup first).
+    order: list[str] = []
+
+    async def inner() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            order.append("inner cleaned up")
+
+    helper = asyncio.ensure_future(inner())
+    await asyncio.sleep(0)  # the helper is in, waiting
+
+    async def body() -> None:
+        try:
+            await helper
+        finally:
+            order.append(f"body saw the helper {'cancelled' if helper.cancelled() else 'pending'}")
+
+    task = start_task(body(), asyncio.get_running_loop(), "t")
+    task.cancel()  # before the task's first turn, on any Python
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert order == ["inner cleaned up", "body saw the helper cancelled"]
