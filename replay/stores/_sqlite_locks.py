@@ -10,7 +10,9 @@ two processes would (the tests rely on that).
 For the same reason a child made by ``fork`` would share the parent's locks and
 keep them after the parent died, hiding its death from every other process for
 as long as the child lives. So a forked child closes its copies at once: the
-locks stay the parent's alone.
+locks stay the parent's alone. It finds them in what the stores recorded and,
+on Linux, by path in ``/proc/self/fd`` too, so a fork from another thread while
+a lock is being taken is covered as well.
 """
 
 from __future__ import annotations
@@ -33,11 +35,38 @@ _instances: weakref.WeakSet[WorkerLocks] = weakref.WeakSet()
 
 def _close_in_child() -> None:
     """In a forked child: drop the copies of the parent's lock descriptors, not the locks."""
+    directories = set()
     for locks in list(_instances):
         for fd in locks._held.values():
             with contextlib.suppress(OSError):
                 os.close(fd)  # the lock lives on in the parent's descriptor
         locks._held.clear()
+        directories.add(os.path.realpath(locks.directory))
+    if not directories:
+        return
+    # And those not recorded yet: another thread of the parent was between opening a
+    # lock file and recording it (or probing another worker's) when this fork happened.
+    for fd in _lock_files_open(directories):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _lock_files_open(directories: set[str]) -> list[int]:
+    """This process's descriptors open on a lock file in ``directories`` (Linux; elsewhere none)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the descriptor listdir itself used, closed since
+        target = target.removesuffix(" (deleted)")
+        if target.endswith(".lock") and os.path.dirname(target) in directories:
+            found.append(int(name))
+    return found
 
 
 os.register_at_fork(after_in_child=_close_in_child)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from replay import journal as j
 from replay.errors import LeaseLost, StoreError
 from replay.journal import Entry
 from replay.stores import _sqlite_writer as writer_module
+from replay.stores._sqlite_locks import WorkerLocks
 from replay.stores.sqlite import SqliteStore
 from replay.testing._conformance_kit import T0, new_run
 
@@ -228,3 +230,43 @@ async def test_a_registration_whose_release_fails_can_be_tried_again(
         assert {c.run_id for c in await second.claim("stable", [WF], T0, 100)} == ids
     finally:
         await second.close()
+
+
+FORK_IN_THE_WINDOW = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    from replay.stores._sqlite_locks import WorkerLocks
+
+    real_flock = fcntl.flock
+
+    def flock_then_fork(fd, operation):
+        # As another thread's fork would: after the lock is taken, before it is recorded.
+        real_flock(fd, operation)
+        fcntl.flock = real_flock
+        pid = os.fork()
+        if pid == 0:  # alive, off the test's pipes, until the test kills it
+            null = os.open(os.devnull, os.O_RDWR)
+            for std in (0, 1, 2):
+                os.dup2(null, std)
+            os.read(os.pipe()[0], 1)
+        print(pid, flush=True)
+
+    fcntl.flock = flock_then_fork
+    WorkerLocks(sys.argv[1]).acquire("w")
+    os._exit(0)  # dies holding the lock, as a killed worker
+    """
+)
+
+
+def test_a_child_forked_while_a_lock_is_being_taken_does_not_keep_it(tmp_path: Path) -> None:
+    directory = str(tmp_path / "shared.db-workers")
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_IN_THE_WINDOW, directory], capture_output=True, text=True, check=True
+    )
+    child = int(out.stdout.split()[0])
+    try:
+        assert os.path.exists(WorkerLocks(directory).path("w"))  # its file is there, as a dead worker's
+        assert not WorkerLocks(directory).alive("w")  # and the child, still alive, does not hold it
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
