@@ -30,7 +30,7 @@ from asyncio import events
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from types import CodeType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from replay import journal as j
 from replay._loop import WorkflowLoop
@@ -103,6 +103,10 @@ def _awaited_calls(code: CodeType, module: str) -> frozenset[int] | None:
     return frozenset(found)
 
 
+async def _raise(exc: BaseException) -> NoReturn:
+    raise exc
+
+
 def _describe(kind: str, data: dict[str, Any]) -> str:
     name = data.get("name")
     return f"{kind} {name!r}" if name is not None else kind
@@ -150,7 +154,13 @@ class Instance:
         self._patches: dict[str, bool] = {}
         self.closed = False
         self.ctx: Context = Context(self)
-        coro = cast(Coroutine[Any, Any, Any], workflow.fn(self.ctx, *workflow.call_args(self.args)))
+        try:
+            coro = cast(Coroutine[Any, Any, Any], workflow.fn(self.ctx, *workflow.call_args(self.args)))
+        except TypeError as exc:
+            # Its stored arguments do not fit its parameters (they changed since the run
+            # started): the run fails as if the workflow had raised it, instead of the
+            # worker failing to drive it on every attempt.
+            coro = _raise(exc)
         self.root: asyncio.Task[Any] = self.loop.create_task(coro, name=f"{run_id}:main")
 
     @property

@@ -166,6 +166,13 @@ class App:
             wf: WorkflowDef[*tuple[Any, ...], Any] = WorkflowDef(
                 self, func, wf_name, timeout, options, trigger, on_failure, retry
             )
+            wf.check_context()
+            if isinstance(trigger, Cron):
+                wf.check_call([], "the no arguments a cron start passes")
+            elif trigger is not None:
+                wf.check_call([None], "the one Event an event start passes")
+            if on_failure is not None:
+                on_failure.check_call(["run-id", {}], "the run id and error an on_failure handler gets")
             self.workflows[wf_name] = wf
             return wf
 
@@ -341,12 +348,14 @@ class App:
             SerializationError: an argument is not a JSON value; nothing is stored.
             ValueError: the workflow is not registered here, or ``run_id`` names a
                 run of another workflow.
-            TypeError: a flow-control key function returned a non-str; nothing is stored.
+            TypeError: the workflow's parameters do not take ``args``, or a flow-control
+                key function returned a non-str; nothing is stored.
         """
         wf = self._registered(workflow)
         if run_id is not None and (not isinstance(run_id, str) or not run_id):
             raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
         plain_args = round_trip(list(args), f"an argument of workflow {wf.name!r}")
+        wf.check_args(plain_args)
         new = wf.new_run(run_id or new_id(), plain_args, self.clock.now())
         store = await self.store()
         info, _ = await store.create_run(new)

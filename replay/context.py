@@ -205,11 +205,18 @@ class Context:
 
         Returns:
             A future of the child's result; it raises the child's error if it fails.
+
+        Raises:
+            TypeError: ``workflow`` is not a workflow, or its parameters do not take ``args``.
+            SerializationError: an argument is not a JSON value.
         """
         name = getattr(workflow, "name", None)
         if not isinstance(name, str):
             raise TypeError(f"ctx.child takes a workflow registered with @app.workflow, got {workflow!r}")
         plain_args = round_trip(list(args), f"an argument of child workflow {name!r}")
+        check_args = getattr(workflow, "check_args", None)
+        if check_args is not None:
+            check_args(plain_args)  # raised here, in the workflow, rather than in the worker
         return self._instance.issue_child(name, plain_args, run_id)
 
     def now(self) -> datetime:

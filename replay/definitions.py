@@ -93,11 +93,58 @@ class WorkflowDef(Generic[*Ts, R]):
         self.trigger = trigger
         self.on_failure = on_failure
         self._plain = options == _PLAIN  # runs then skip every flow computation
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self._signature = None  # no signature to read (a C function, say): not checked
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
     def __repr__(self) -> str:
         return f"<workflow {self.name!r}>"
+
+    def check_args(self, args: Sequence[Any]) -> None:
+        """Refuse stored ``args`` the function cannot be called with (after its context).
+
+        A run whose arguments do not fit would fail on every attempt, so a start
+        is refused before anything is stored.
+
+        Raises:
+            TypeError: the function's parameters do not take ``args``.
+        """
+        self.check_call(self.call_args(list(args)), "these arguments")
+
+    def check_context(self) -> None:
+        """Refuse a function that takes no positional parameter for the run's context.
+
+        Raises:
+            TypeError: it has none.
+        """
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind_partial(None)
+        except TypeError:
+            raise TypeError(
+                f"workflow {self.name!r} must take the run's context first: "
+                f"async def {self.fn.__name__}(ctx: replay.Context, ...)"
+            ) from None
+
+    def check_call(self, call: Sequence[Any], what: str) -> None:
+        """Refuse ``call`` (the arguments after the context) if the function cannot take it.
+
+        Raises:
+            TypeError: naming ``what`` was passed.
+        """
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind(None, *call)
+        except TypeError as exc:
+            raise TypeError(
+                f"workflow {self.name!r} cannot take {what}: {exc} "
+                f"(a run calls it as {self.fn.__name__}(ctx, *args))"
+            ) from None
 
     def call_args(self, args: list[Any]) -> list[Any]:
         """The arguments the function receives for stored ``args``: an event trigger's is an ``Event``."""

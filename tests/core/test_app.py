@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 import replay
+from replay.stores.memory import MemoryStore
 from replay.testing import TestEnv
 
 app = replay.App("client", store="memory://")
@@ -103,3 +104,73 @@ def test_two_apps_do_not_see_each_other() -> None:
         return None
 
     assert a.workflows["same"] is wa and b.workflows["same"] is wb
+
+
+async def test_a_start_with_arguments_the_workflow_cannot_take_is_refused_and_stores_nothing() -> None:
+    async with TestEnv(app):
+        with pytest.raises(
+            TypeError, match=r"workflow 'echo' cannot take these arguments: missing .*'value'"
+        ):
+            await app.start(echo)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="workflow 'other' cannot take these arguments: too many"):
+            await app.start(other, 1)  # type: ignore[call-arg]
+        assert await app.list_runs() == []
+
+
+def test_a_workflow_must_take_its_context_and_what_its_trigger_passes() -> None:
+    local = replay.App("local", store="memory://")
+
+    async def no_context() -> None:
+        return None
+
+    async def two_args(ctx: replay.Context, a: int, b: int) -> None:
+        return None
+
+    with pytest.raises(TypeError, match=r"must take the run's context first: async def no_context\(ctx"):
+        local.workflow(no_context)
+    with pytest.raises(TypeError, match="cannot take the one Event an event start passes"):
+        local.workflow(name="on_event", trigger="order.created")(two_args)
+    with pytest.raises(TypeError, match="cannot take the no arguments a cron start passes"):
+        local.workflow(name="nightly", trigger=replay.cron("0 3 * * *"))(two_args)
+    handler = local.workflow(name="handler")(two_args)  # (run_id, error) fits two parameters
+    local.workflow(name="guarded", on_failure=handler)(echo.fn)
+    with pytest.raises(TypeError, match="cannot take the run id and error an on_failure handler gets"):
+        local.workflow(name="badly_guarded", on_failure=local.workflow(name="h2")(echo.fn))(echo.fn)
+    assert "on_event" not in local.workflows and "nightly" not in local.workflows
+
+
+@app.workflow
+async def starts_a_child_badly(ctx: replay.Context) -> str:
+    try:
+        await ctx.child(echo)  # type: ignore[call-arg]
+    except TypeError as exc:
+        return str(exc)
+    return "started"
+
+
+async def test_a_child_with_arguments_it_cannot_take_raises_in_the_parent() -> None:
+    async with TestEnv(app):
+        run = await app.start(starts_a_child_badly)
+        assert "workflow 'echo' cannot take these arguments" in await run.result()
+        assert [r.workflow for r in await app.list_runs()] == ["starts_a_child_badly"]
+
+
+async def test_a_run_whose_stored_arguments_no_longer_fit_fails_instead_of_retrying() -> None:
+    # Started by code whose workflow took one argument; the code deployed since takes none.
+    store = MemoryStore()
+    before = replay.App("deploys", store=store)
+    after = replay.App("deploys", store=store)
+
+    @before.workflow(name="job")
+    async def job_v1(ctx: replay.Context, n: int) -> int:
+        return n
+
+    @after.workflow(name="job")
+    async def job_v2(ctx: replay.Context) -> int:
+        return 0
+
+    started = await before.start(job_v1, 7, run_id="old")  # no worker: it waits
+    async with after.worker():
+        with pytest.raises(replay.WorkflowFailed, match="positional argument") as failed:
+            await after.get_run(started.run_id).result(timeout=10)
+    assert failed.value.type_name == "TypeError"
