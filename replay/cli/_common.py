@@ -90,12 +90,13 @@ def make_store(url: str, *, must_exist: bool = True) -> Store:
     """The store for ``url``, not opened yet.
 
     Raises:
-        BadUsage: the URL is not a store URL, or (with ``must_exist``) names a
-            SQLite file that does not exist: reading must not create one.
+        BadUsage: the URL is not a store URL, its driver is not installed, or
+            (with ``must_exist``) it names a SQLite file that does not exist:
+            reading must not create one.
     """
     try:
         store = open_store(url)
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:
         raise BadUsage(str(exc)) from None
     path = getattr(store, "path", None)
     if must_exist and isinstance(path, str) and not os.path.exists(path):

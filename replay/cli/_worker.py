@@ -95,7 +95,10 @@ async def _serve(
         await store.open()
         previous = app.use_store(store)
     try:
-        store = await app.store()
+        try:
+            store = await app.store()
+        except (ValueError, ImportError) as exc:  # REPLAY_STORE, or the app's own URL, is bad
+            raise BadUsage(f"the store of {app!r}: {exc}") from None
         w = Worker(app, store, app.clock, max_runs=max_runs, poll_interval=poll_interval)
         loop = asyncio.get_running_loop()
         signals = asyncio.Queue[signal.Signals]()

@@ -73,3 +73,6 @@ async def gated(ctx: replay.Context) -> list[str]:
 
 
 empty = replay.App("cli-empty")  # registers nothing
+
+misplaced = replay.App("cli-misplaced", store="sqlite:relative.db")  # a typo: one slash, no path
+misplaced.workflow(name="noop")(letters.fn)

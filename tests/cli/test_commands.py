@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from replay import stores
 from tests.cli import flows
 from tests.cli.conftest import Cli
 from tests.cli.test_runs import finished_letters
@@ -105,3 +107,19 @@ def test_worker_refuses_an_app_without_workflows_and_a_bad_store(replay_cli: Cli
     assert "registers no workflow" in replay_cli("worker", "tests.cli.flows:empty", code=2).output
     out = replay_cli("worker", "tests.cli.flows:app", "--store", "ftp://nowhere", store=False, code=2).output
     assert "unknown store" in out
+    # The app's own store (from REPLAY_STORE, or named in its code) is as bad: a message, no traceback.
+    out = replay_cli("worker", "tests.cli.flows:misplaced", store=False, code=2).output
+    assert "the store of <App 'cli-misplaced'>: a store URL looks like" in out
+
+
+def test_a_store_whose_driver_is_missing_names_the_extra(replay_cli: Cli, monkeypatch: Any) -> None:
+    real = importlib.import_module
+
+    def without_asyncpg(name: str, package: str | None = None) -> Any:
+        if name == "replay.stores.postgres":
+            raise ModuleNotFoundError("No module named 'asyncpg'", name="asyncpg")
+        return real(name, package)
+
+    monkeypatch.setattr(stores.importlib, "import_module", without_asyncpg)
+    out = Cli("postgresql://u@localhost/db")("runs", "list", code=2).output
+    assert "pip install 'replay[postgresql]'" in out
