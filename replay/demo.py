@@ -57,7 +57,7 @@ async def order(ctx: replay.Context, order_id: str, cents: int, outage_until: fl
 
 
 async def main() -> None:
-    """Start three orders, ship two, and show what the journal recorded."""
+    """Start four orders (the last charged while the payment provider is down), ship two, show the journal."""
     started = time.perf_counter()
     store = await app.store()
     print(f"store: {store.url}")

@@ -159,8 +159,8 @@ async function showRun(id) {
   $("cancel-btn").disabled = finished(run);
   $("retry-btn").disabled = run.status !== "failed";
   $("retry-btn").title = $("retry-btn").disabled
-    ? "only a run parked by a NonDeterminismError (failed, its journal not final) can be retried"
-    : "replay this parked run on the current code";
+    ? "only a failed run can be retried"
+    : "run it again on the current code: a parked run resumes; one whose step failed continues as a new run";
   const facts = [["workflow", run.workflow], ["started", when(run.created_at)], ["updated", when(run.updated_at)],
     ["duration", duration((finished(run) ? run.updated_at : data.now) - run.created_at)]];
   if (run.parent_id) facts.push(["parent", run.parent_id]);
