@@ -310,7 +310,7 @@ class App:
                     return info
                 wait = poll if deadline is None else min(poll, deadline - loop.time())
                 if wait <= 0:
-                    raise TimeoutError(f"run {run_id!r} did not finish in {timeout} s")
+                    raise TimeoutError(f"run {run_id!r} did not finish in {timeout:g} s{_why_not(info)}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(fut, wait)
             finally:
@@ -500,6 +500,16 @@ class App:
                 yield worker
 
         return running()
+
+
+def _why_not(info: RunInfo) -> str:
+    """What a run that did not finish in time is doing, for the timeout's message."""
+    if info.status == "pending":
+        return (
+            f" (it is pending: no worker has begun it; is a worker running "
+            f"workflow {info.workflow!r} on this store?)"
+        )
+    return f" (it is {info.status})"
 
 
 def _option(what: str, value: Any, kind: type[T]) -> T | None:

@@ -174,3 +174,19 @@ async def test_a_run_whose_stored_arguments_no_longer_fit_fails_instead_of_retry
         with pytest.raises(replay.WorkflowFailed, match="positional argument") as failed:
             await after.get_run(started.run_id).result(timeout=10)
     assert failed.value.type_name == "TypeError"
+
+
+async def test_a_result_that_times_out_says_what_the_run_is_doing() -> None:
+    store = MemoryStore()
+    local = replay.App("idle", store=store)
+
+    @local.workflow(name="waits")
+    async def waits(ctx: replay.Context) -> None:
+        return None
+
+    run = await local.start(waits)  # and no worker anywhere
+    with pytest.raises(
+        TimeoutError, match=r"pending: no worker has begun it; is a worker running workflow 'waits'"
+    ):
+        await run.result(timeout=0.01)
+    await local.close()
