@@ -141,6 +141,7 @@ class RunDriver:
 
     def _cleanup(self) -> None:
         self.closed = True
+        self.worker.dropped(self)  # before the instance closes: its attempts not journaled yet
         for task in self.running.values():
             task.cancel()
         self.running.clear()
@@ -436,6 +437,14 @@ class RunDriver:
             except SerializationError as exc:
                 item = StepError(op.seq, attempt, j.error_data(exc), retryable=False)
             except Exception as exc:  # noqa: BLE001 - a step's failure is journaled, whatever it is
+                item = StepError(op.seq, attempt, j.error_data(exc), self.worker.retryable(op, exc))
+            except (asyncio.CancelledError, SystemExit) as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                    raise  # this attempt was cut off: its run was dropped, or the worker stops
+                # Raised by the step's own code (a library's inner cancellation, sys.exit in
+                # an argument parser): this attempt failed, as with any other error. Left to
+                # asyncio, the one would leave the run waiting for ever, the other end the worker.
                 item = StepError(op.seq, attempt, j.error_data(exc), self.worker.retryable(op, exc))
             self.post(item)
         finally:

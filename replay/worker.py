@@ -194,6 +194,7 @@ class Worker:
         self._claim_failures = 0  # claim passes failed in a row
         self._retry_timer: TimerHandle | None = None  # set while a failed pass waits to be retried
         self._draining = False
+        self._cut: list[StepInfo] = []  # attempts a drain did not see journaled, their run dropped
         self._never: asyncio.Future[None] | None = None  # what a step started while draining awaits
         # Runs told of news while a claim was in flight: the claim may have read
         # their rows before it, and the drivers it starts were not there to hear it.
@@ -265,7 +266,7 @@ class Worker:
                     await progress
             except TimeoutError:
                 pass
-        cut = self.in_flight()
+        cut = self._cut + self.in_flight()  # with those of runs dropped meanwhile (a failed append)
         await self.stop()
         return cut
 
@@ -279,14 +280,14 @@ class Worker:
         """Step attempts begun by this worker whose outcome is not journaled yet."""
         found = []
         for driver in self.drivers.values():
-            inst = driver.instance
-            if driver.closed or inst is None:
-                continue  # the run ended or was dropped: nothing more will be journaled here
-            for op in inst.ops.values():
-                # An attempt's outcome is journaled once the op is gone or counts it.
-                if isinstance(op, StepOp) and op.started > op.attempts:
-                    found.append(StepInfo(driver.run_id, op.seq, op.name, op.started))
+            if not driver.closed:  # a closed one ended or was dropped: nothing more is journaled there
+                found.extend(_unjournaled(driver))
         return found
+
+    def dropped(self, driver: RunDriver) -> None:
+        """A driver is closing: while draining, its attempts not yet journaled are cut off."""
+        if self._draining:
+            self._cut.extend(_unjournaled(driver))
 
     def halt(self) -> None:
         """Stop at once, writing nothing more: what a process death looks like."""
@@ -532,3 +533,16 @@ class Worker:
         if isinstance(exc, NonRetryableError):
             return False
         return not (op.retry.non_retryable and isinstance(exc, op.retry.non_retryable))
+
+
+def _unjournaled(driver: RunDriver) -> list[StepInfo]:
+    """The run's step attempts begun by this worker whose outcome is not journaled yet."""
+    inst = driver.instance
+    if inst is None:
+        return []
+    # An attempt's outcome is journaled once the op is gone or counts it.
+    return [
+        StepInfo(driver.run_id, op.seq, op.name, op.started)
+        for op in inst.ops.values()
+        if isinstance(op, StepOp) and op.started > op.attempts
+    ]

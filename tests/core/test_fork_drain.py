@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import replay
+from replay.stores import _sqlite_writer as writer_module
+from replay.stores.sqlite import SqliteStore
 from replay.testing import TestEnv
 from replay.worker import StepInfo
 
@@ -153,3 +157,48 @@ async def test_drain_gives_up_after_its_timeout_and_names_the_step_cut_off(gates
         gates["release"].set()
         await env.crash()
         assert await run.result(timeout=5) == ["one", "two"]
+
+
+async def test_drain_names_the_attempts_of_a_run_dropped_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run with two steps in flight: the first ends, the drain begins, and the group
+    # commit of that outcome fails, so the run is handed back and its other step
+    # cancelled. Both attempts will run again: the drain must not say it was clean.
+    app = replay.App("drain-dropped", store="memory://")
+    failing = False
+    drains: list[asyncio.Task[list[StepInfo]]] = []
+
+    @app.step()
+    async def quick() -> str:
+        nonlocal failing
+        failing = True  # the commit of its outcome fails
+        return "a"
+
+    @app.step()
+    async def held() -> str:
+        await asyncio.Event().wait()  # until cancelled
+        return "b"
+
+    @app.workflow()
+    async def both(ctx: replay.Context) -> list[str]:
+        return list(await asyncio.gather(held(), quick()))
+
+    def commit(conn: sqlite3.Connection, size: int) -> None:
+        nonlocal failing
+        if failing:
+            failing = False
+            assert env.worker is not None
+            drains.append(asyncio.get_running_loop().create_task(env.worker.drain()))
+            raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(writer_module, "before_commit", commit)
+    async with TestEnv(app, store=SqliteStore(f"sqlite:///{tmp_path}/r.db")) as env:
+        run = await app.start(both, run_id="r")
+        async with asyncio.timeout(20):  # a bound for a hang, not a timing
+            while not drains:
+                await env.idle()
+            cut = await drains[0]
+        assert sorted((s.name, s.attempt) for s in cut) == [("held", 1), ("quick", 1)]
+        # Nothing of the two steps was journaled (their scheduling goes with the first outcome).
+        assert [e.kind for e in await run.journal()] == ["workflow_started"]

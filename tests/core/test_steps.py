@@ -282,3 +282,37 @@ async def test_no_retry_starts_once_the_run_has_ended() -> None:
         await env.advance(timedelta(seconds=10))
         assert await run.result() == "slept"
     assert tries == [1]
+
+
+@app.step(retry=replay.RetryPolicy(max_attempts=2, initial_interval=timedelta(seconds=1), jitter=False))
+async def raises_base(kind: str) -> None:
+    seen(kind)
+    if kind == "cancelled":
+        raise asyncio.CancelledError()  # a client library surfacing its inner task's cancellation
+    raise SystemExit(2)  # sys.exit in an argument parser, say
+
+
+@app.workflow()
+async def calls_base(ctx: replay.Context, kind: str) -> str:
+    try:
+        await raises_base(kind)
+    except replay.StepFailed as exc:
+        return f"{exc.type_name} after {exc.attempts}"
+    return "no"
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("cancelled", "asyncio.exceptions.CancelledError"), ("exit", "SystemExit")]
+)
+async def test_a_step_raising_cancelled_or_system_exit_itself_fails_that_attempt(
+    kind: str, name: str
+) -> None:
+    # Not the worker's end (SystemExit), nor a run waiting for ever for an outcome
+    # never posted (CancelledError): an attempt that failed, retried by its policy.
+    attempts.clear()
+    async with TestEnv(app) as env:
+        run = await app.start(calls_base, kind)
+        async with asyncio.timeout(20):  # a bound for a hang (the bug's form), not a timing
+            await env.advance(timedelta(seconds=1))
+            assert await run.result() == f"{name} after 2"
+    assert [a for _, a, _ in attempts] == [1, 2]
