@@ -60,7 +60,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             while ready:
                 handle = ready.popleft()
                 if not handle._cancelled:
-                    handle._run()
+                    try:  # noqa: SIM105 - free when nothing raises; contextlib.suppress is not
+                        handle._run()
+                    except SystemExit:
+                        # Workflow code called sys.exit(). asyncio records it on the task and
+                        # raises it on to end the process; here it ends only the task, so the
+                        # run fails with it instead of every worker that replays it exiting.
+                        # (A bare callback's, which no task records, is dropped.)
+                        pass
         finally:
             self._running = False
             events._set_running_loop(previous)

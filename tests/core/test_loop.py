@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import sys
 from asyncio import events
 from datetime import timedelta
 from typing import Any
@@ -170,3 +171,18 @@ async def test_an_unretrieved_exception_in_workflow_code_is_logged(caplog: pytes
         await env.advance(timedelta(days=1))  # the replay drops it again, silently
         assert await run.result() == "after"
         assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+@app.workflow()
+async def quits(ctx: replay.Context) -> None:
+    await record("before")
+    sys.exit(3)
+
+
+async def test_sys_exit_in_workflow_code_fails_the_run_not_the_worker() -> None:
+    async with TestEnv(app) as env:
+        run = await app.start(quits)
+        with pytest.raises(replay.WorkflowFailed, match="3") as failed:
+            await run.result()
+        assert failed.value.type_name == "SystemExit"
+        assert env.worker is not None and not env.worker.in_flight()
