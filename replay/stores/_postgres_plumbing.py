@@ -131,8 +131,17 @@ class Plumbing(Store):
                 tx = self._tx(conn)
                 tries.append(tx)
                 if transaction:
-                    async with conn.transaction():
-                        result = await fn(tx)
+                    try:
+                        async with conn.transaction():
+                            result = await fn(tx)
+                    except asyncpg.InterfaceError as exc:
+                        cause = exc.__context__
+                        if not isinstance(cause, TRANSIENT):
+                            raise
+                        # The connection died inside the transaction; rolling back on it
+                        # then failed too, and that error ("the connection is closed")
+                        # would hide the transient one, which is tried again.
+                        raise cause from None
                 else:
                     result = await fn(tx)
             self._deliver(tx.notices)

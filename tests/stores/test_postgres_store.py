@@ -23,7 +23,7 @@ from replay.errors import LeaseLost, SchemaError, StoreError
 from replay.journal import Entry
 from replay.stores import _postgres_batch, _postgres_claims, open_store
 from replay.stores._postgres_schema import SCHEMA_VERSION
-from replay.stores.base import Notice
+from replay.stores.base import EventRecord, Notice
 from replay.stores.postgres import PostgresStore, parse_url
 from replay.testing._conformance_kit import T0, new_run
 
@@ -318,6 +318,53 @@ async def test_the_store_reconnects_after_its_connections_are_killed(postgres_ur
             return True if any(n.run_id.startswith("probe-") for n in ear.seen) else None
 
         await eventually(listening_again, "a to LISTEN again")
+
+
+async def test_a_connection_killed_inside_a_transaction_is_tried_again(postgres_url: str) -> None:
+    # The store's transaction waits on a lock held here; its session is then killed.
+    # Rolling back on the dead connection fails too, and that error must not hide
+    # the lost connection: the write is tried again on a new one, and lands once.
+    name = f"replay-test-{uuid.uuid4().hex[:8]}"
+    dsn, _ = parse_url(postgres_url)
+    schema = dict(part.split("=", 1) for part in postgres_url.split("?", 1)[1].split("&"))["schema"]
+    async with opened(
+        PostgresStore(f"{postgres_url}&application_name={name}"), PostgresStore(postgres_url)
+    ) as (a, _b):
+        await a.create_run(new_run("r1", workflow=WF))
+        holder = await asyncpg.connect(dsn)
+        try:
+            for lock, call in (
+                (
+                    f"SELECT pg_advisory_xact_lock({a._events_lock})",
+                    lambda: a.send_event(EventRecord("e1", "go", {}, T0)),
+                ),
+                (
+                    f"SELECT 1 FROM {schema}.runs WHERE run_id = 'r1' FOR UPDATE",
+                    lambda: a.request_cancel("r1", T0),
+                ),
+            ):
+                held = holder.transaction()
+                await held.start()
+                await holder.execute(lock)
+                write = asyncio.ensure_future(call())
+
+                async def waiting() -> list[Any] | None:
+                    return await admin(
+                        postgres_url,
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                        name,
+                    )
+
+                await eventually(waiting, "the store's transaction to wait on the lock, and be killed")
+                await held.rollback()
+                async with asyncio.timeout(DEADLINE):
+                    await write
+        finally:
+            await holder.close()
+        assert [e.id for e in await a.events_after(0, ["go"], 10)] == ["e1"]
+        info = await a.get_run("r1")
+        assert info is not None and info.cancel_requested
 
 
 async def test_after_a_reconnect_runs_that_ended_meanwhile_are_announced(
