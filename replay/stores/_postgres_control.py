@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
-from replay.stores._postgres_claims import heartbeat, release_stranded
+from replay.stores._postgres_claims import heartbeat, register, release_stranded
 from replay.stores._postgres_reads import Conn
 from replay.stores._postgres_writes import Tx
 from replay.stores.base import Notice
@@ -154,7 +154,15 @@ class Control:
             now, lost = await heartbeat(conn, list(self.workers), self.origin, self.lease)
             self._seen = now
             for worker_id in lost:
-                log.warning("worker %s lost its lease to another store that registered its id", worker_id)
+                # Not renewed: its row is gone (this process was away so long that
+                # another store deleted it) or expired, or another store took the id.
+                # Registered again unless the id is another live worker's: left
+                # unrenewed, every claim, its own too, would take its hot runs away.
+                # (Those that were taken over meanwhile stay taken: their tokens moved on.)
+                if await register(conn, worker_id, self.origin, self.lease, conn.get_server_pid()):
+                    log.warning("worker %s was away past its lease; it is registered again", worker_id)
+                else:
+                    log.warning("worker %s lost its lease to another store that registered its id", worker_id)
             if self.stranded_runs or self.stranded_claims:
                 runs, claims = list(self.stranded_runs), list(self.stranded_claims)
                 tx = self._make_tx(conn)

@@ -233,6 +233,33 @@ async def test_a_worker_restarted_under_its_id_gets_its_dead_runs_back(postgres_
         assert again.run_id == "r1" and again.token > claim.token
 
 
+async def test_a_worker_whose_row_was_reaped_while_it_was_away_registers_again(postgres_url: str) -> None:
+    # Paused for over a hundred leases, a worker owning no run has its row deleted by
+    # another store's heartbeat. Back, it must register again: left unrenewed, every
+    # claim (its own too) would take its new runs away from it, again and again.
+    schema = parse_url(postgres_url)[1]["schema"]
+    async with opened(PostgresStore(postgres_url), PostgresStore(postgres_url)) as (a, b):
+        await a.register_worker("a")
+        await b.register_worker("b")
+        await admin(postgres_url, f"DELETE FROM {schema}.workers WHERE worker_id = 'a'")  # reaped
+        await a.create_run(new_run("r1", workflow=WF))
+        [claim] = await a.claim("a", [WF], T0, 10)  # its claim makes a row, already expired
+        assert a._control is not None
+        a._control.kick()  # its next heartbeat, now
+
+        async def alive_again() -> bool | None:
+            rows = await admin(
+                postgres_url,
+                f"SELECT 1 FROM {schema}.workers WHERE worker_id = 'a' AND expires_at > clock_timestamp()",
+            )
+            return True if rows else None
+
+        await eventually(alive_again, "a to register again")
+        assert await b.claim("b", [WF], T0, 10) == []  # a is alive: r1 stays a's
+        assert await a.claim("a", [WF], T0, 10) == []  # nor does a take r1 from itself
+        await a.append("r1", claim.token, [Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": 1})])
+
+
 async def test_a_live_worker_id_cannot_be_taken_by_another_store(
     two: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -326,7 +353,7 @@ async def test_a_connection_killed_inside_a_transaction_is_tried_again(postgres_
     # the lost connection: the write is tried again on a new one, and lands once.
     name = f"replay-test-{uuid.uuid4().hex[:8]}"
     dsn, _ = parse_url(postgres_url)
-    schema = dict(part.split("=", 1) for part in postgres_url.split("?", 1)[1].split("&"))["schema"]
+    schema = parse_url(postgres_url)[1]["schema"]
     async with opened(
         PostgresStore(f"{postgres_url}&application_name={name}"), PostgresStore(postgres_url)
     ) as (a, _b):
