@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -145,7 +146,18 @@ class PostgresStore(Plumbing):
         """
         if self._pool is not None:
             return
-        settings = {"search_path": quote(self.schema)}
+        settings = {
+            "search_path": quote(self.schema),
+            # A process paused, or cut off, in the middle of a transaction would hold its
+            # row locks (runs nobody can take over) and the events lock (every send_event
+            # waits) for as long as the pause, or the ~2 h of the server's TCP keepalive
+            # defaults. The server ends such a session after two leases instead; the
+            # write is then tried again, landed or not, when the process is back.
+            "idle_in_transaction_session_timeout": str(math.ceil(self.lease * 2000)),
+            "tcp_keepalives_idle": str(math.ceil(self.lease)),
+            "tcp_keepalives_interval": str(math.ceil(self.lease / 3)),
+            "tcp_keepalives_count": "3",
+        }
         if "application_name=" not in self.dsn:
             settings["application_name"] = "replay"  # what pg_stat_activity shows
         pool = await self._retrying(

@@ -394,6 +394,30 @@ async def test_a_connection_killed_inside_a_transaction_is_tried_again(postgres_
         assert info is not None and info.cancel_requested
 
 
+async def test_a_session_idle_in_a_transaction_is_ended_and_its_locks_released(postgres_url: str) -> None:
+    # A process paused (or cut off) in the middle of a transaction must not hold its
+    # locks for as long as the pause: the server ends its session after two leases.
+    schema = parse_url(postgres_url)[1]["schema"]
+    store = PostgresStore(f"{postgres_url}&lease=0.5")
+    await store.open()
+    try:
+        await store.create_run(new_run("r1", workflow=WF))
+        async with store._open_pool().acquire() as conn:
+            stalled = conn.transaction()
+            await stalled.start()
+            await conn.execute("SELECT 1 FROM runs WHERE run_id = 'r1' FOR UPDATE")  # and then nothing
+
+            async def released() -> bool | None:
+                free = await admin(postgres_url, f"SELECT 1 FROM {schema}.runs FOR UPDATE SKIP LOCKED")
+                return True if free else None
+
+            await eventually(released, "the server to end the idle session")
+            with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+                await stalled.commit()
+    finally:
+        await store.close()
+
+
 async def test_after_a_reconnect_runs_that_ended_meanwhile_are_announced(
     two: tuple[PostgresStore, PostgresStore],
 ) -> None:
