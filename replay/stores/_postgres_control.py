@@ -149,8 +149,14 @@ class Control:
             delay = min(delay * 2, 2.0)
 
     async def _beat(self, conn: Conn) -> None:
-        """Renew the leases, release stranded runs; a stuck network fails it after lease/3."""
-        async with asyncio.timeout(self.lease / 3):
+        """Renew the leases, release stranded runs; a stuck network fails it after 2/3 of the lease.
+
+        Not sooner: the timeout also runs while this process's event loop stalls
+        (a GC pause, a step blocking the loop), and firing it then would end this
+        store's session, which marks its workers dead at once, although their
+        leases would have survived the stall (up to two thirds of the lease).
+        """
+        async with asyncio.timeout(self.lease * 2 / 3):
             now, lost = await heartbeat(conn, list(self.workers), self.origin, self.lease)
             self._seen = now
             for worker_id in lost:

@@ -21,7 +21,7 @@ import replay
 from replay import journal as j
 from replay.errors import LeaseLost, SchemaError, StoreError
 from replay.journal import Entry
-from replay.stores import _postgres_batch, _postgres_claims, open_store
+from replay.stores import _postgres_batch, _postgres_claims, _postgres_control, open_store
 from replay.stores._postgres_schema import SCHEMA_VERSION
 from replay.stores.base import EventRecord, Notice
 from replay.stores.postgres import PostgresStore, parse_url
@@ -416,6 +416,45 @@ async def test_a_session_idle_in_a_transaction_is_ended_and_its_locks_released(p
                 await stalled.commit()
     finally:
         await store.close()
+
+
+async def test_an_event_loop_stall_during_a_heartbeat_does_not_make_a_live_worker_dead(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stall of half the lease (a GC pause, a step blocking the loop) while a heartbeat
+    # is on the wire: the reply waits in the socket meanwhile. The store must not take
+    # it for a stuck connection and end its session, which would mark its worker dead.
+    lease = 1.0
+    beats: list[float] = []
+    real = _postgres_control.heartbeat
+
+    async def beat_with_a_stall(conn: Any, *args: Any) -> Any:
+        beat = asyncio.ensure_future(real(conn, *args))
+        await asyncio.sleep(0)  # the query is sent
+        if not beats:
+            time.sleep(lease / 2)  # the event loop blocked: the stall under test, not a wait
+        result = await beat
+        beats.append(result[0])
+        return result
+
+    async with opened(PostgresStore(f"{postgres_url}&lease={lease}"), PostgresStore(postgres_url)) as (a, b):
+        await a.register_worker("a")
+        await b.register_worker("b")
+        await a.create_run(new_run("r1", workflow=WF))
+        [claim] = await a.claim("a", [WF], T0, 10)
+        control = a._control
+        assert control is not None
+        session = control.session
+        monkeypatch.setattr(_postgres_control, "heartbeat", beat_with_a_stall)
+
+        async def beaten_twice() -> bool | None:
+            control.kick()
+            return True if len(beats) >= 2 else None  # the stalled beat, and one after it
+
+        await eventually(beaten_twice, "a's stalled heartbeat and the next")
+        assert control.session == session  # the same connection, never torn down
+        assert await b.claim("b", [WF], T0, 10) == []  # a is alive: r1 stays a's
+        await a.append("r1", claim.token, [Entry(2, j.SIDE_EFFECT, T0, {"name": "x", "value": 1})])
 
 
 async def test_after_a_reconnect_runs_that_ended_meanwhile_are_announced(
