@@ -229,7 +229,8 @@ async def heartbeat(
     """Renew the leases of this store's workers; returns the database's time and the lost ids.
 
     A worker is lost when another store registered its id after its lease ran out.
-    Workers dead for a long while and owning no run are deleted on the way.
+    Workers dead for a long while and owning no running run are deleted on the way
+    (through the index of running runs by owner: this runs at every heartbeat).
     """
     rows = await conn.fetch(
         "WITH beat AS ("
@@ -239,7 +240,7 @@ async def heartbeat(
         " WHERE worker_id = ANY($1::text[]) AND instance = $2 RETURNING worker_id"
         "), reaped AS ("
         " DELETE FROM workers w WHERE expires_at < clock_timestamp() - make_interval(secs => $3 * 100)"
-        " AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.owner = w.worker_id)"
+        " AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.owner = w.worker_id AND r.status = 'running')"
         ") SELECT extract(epoch FROM clock_timestamp())::float8, worker_id FROM beat"
         " UNION ALL SELECT extract(epoch FROM clock_timestamp())::float8, NULL",
         list(workers),
