@@ -424,7 +424,7 @@ async def test_an_event_loop_stall_during_a_heartbeat_does_not_make_a_live_worke
     # A stall of half the lease (a GC pause, a step blocking the loop) while a heartbeat
     # is on the wire: the reply waits in the socket meanwhile. The store must not take
     # it for a stuck connection and end its session, which would mark its worker dead.
-    lease = 1.0
+    lease = 3.0  # the old timeout, a third of it, is shorter than the stall; two thirds is not
     beats: list[float] = []
     real = _postgres_control.heartbeat
 
