@@ -57,6 +57,10 @@ async def create_under_flow(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, boo
     found = await existing(conn, run.run_id)
     if found is not None:
         return found, False
+    if flow.debounce is not None:
+        joined = await _join(tx, prepared, at)
+        if joined is not None:
+            return joined, False  # no new run: nothing for a rate limit to count
     gate = flow.rate_limit
     if gate is not None:
         recent = await conn.fetchval(
@@ -66,9 +70,6 @@ async def create_under_flow(tx: Tx, prepared: PreparedRun) -> tuple[RunInfo, boo
             return await _drop(tx, prepared), True
     wake: float | None = None
     if flow.debounce is not None:
-        joined = await _join(tx, prepared, at)
-        if joined is not None:
-            return joined, False
         wake = debounce_wake(at, flow.debounce, at)
     begin_at = None
     if flow.throttle is not None:
@@ -165,15 +166,17 @@ async def _join(tx: Tx, prepared: PreparedRun, at: float) -> RunInfo | None:
             if b != old_begin
         ]
         begin_at = wake = throttle_begin(wake, begins, run.flow.throttle)
+    # The run begins as the last start would have: its arguments, and so its priority and keys.
     await conn.execute(
-        "UPDATE runs SET args = $2, wake_at = $3, begin_at = $4, updated_at = $5, op_id = $6"
-        " WHERE run_id = $1",
+        "UPDATE runs SET args = $2, wake_at = $3, updated_at = $4, op_id = $5, priority = $6,"
+        " concurrency_key = $7, concurrency_limit = $8, throttle_key = $9, begin_at = $10,"
+        " rate_key = $11, debounce_key = $12 WHERE run_id = $1",
         run_id,
         prepared.args,
         wake,
-        begin_at,
         at,
         tx.op_id,
+        *flow_columns(run.flow, begin_at),
     )
     await conn.execute("UPDATE journal SET entry = $2 WHERE run_id = $1 AND seq = 1", run_id, prepared.first)
     await conn.execute("INSERT INTO run_aliases (alias, run_id) VALUES ($1, $2)", run.run_id, run_id)

@@ -135,13 +135,14 @@ def create_run(
         existing = get_run(conn, run.run_id if exists else joined)
         if existing is not None:
             return existing, False
+    if flow.debounce is not None:
+        joined = _debounce(conn, prepared, at)
+        if joined is not None:
+            return joined, False  # no new run: nothing for a rate limit to count
     if flow.rate_limit is not None and _rate_limited(conn, flow.rate_limit.key, flow.rate_limit, at):
         return _drop(conn, notices, prepared), True
     wake: float | None = None
     if flow.debounce is not None:
-        joined = _debounce(conn, prepared, at)
-        if joined is not None:
-            return joined, False
         wake = debounce_wake(at, flow.debounce, at)
     begin_at = None
     if flow.throttle is not None:
@@ -228,9 +229,12 @@ def _debounce(conn: sqlite3.Connection, prepared: PreparedRun, at: float) -> Run
             b for b in _begins(conn, run.flow.throttle.key, run.flow.throttle.limit + 1) if b != old_begin
         ]
         begin_at = wake = throttle_begin(wake, begins, run.flow.throttle)
+    # The run begins as the last start would have: its arguments, and so its priority and keys.
     conn.execute(
-        "UPDATE runs SET args = ?, wake_at = ?, begin_at = ?, updated_at = ? WHERE run_id = ?",
-        (prepared.args, wake, begin_at, at, run_id),
+        "UPDATE runs SET args = ?, wake_at = ?, updated_at = ?, priority = ?, concurrency_key = ?, "
+        "concurrency_limit = ?, throttle_key = ?, begin_at = ?, rate_key = ?, debounce_key = ? "
+        "WHERE run_id = ?",
+        (prepared.args, wake, at, *flow_columns(run.flow, begin_at), run_id),
     )
     conn.execute("UPDATE journal SET entry = ? WHERE run_id = ? AND seq = 1", (prepared.first, run_id))
     conn.execute("INSERT INTO run_aliases (alias, run_id) VALUES (?, ?)", (run.run_id, run_id))

@@ -97,12 +97,12 @@ class MemoryStore(Store):
         entries = run.entries()
         encoded = [encode_entry(e) for e in entries]  # may raise: nothing changes
         flow, at = run.flow, run.started_at
-        if flow.rate_limit is not None and self._rate_limited(flow.rate_limit, at):
-            return self._drop(run, encoded, flow.rate_limit), True
         if flow.debounce is not None:
             joined = self._debounce(run, encoded[0], at)
             if joined is not None:
-                return joined, False
+                return joined, False  # no new run: nothing for a rate limit to count
+        if flow.rate_limit is not None and self._rate_limited(flow.rate_limit, at):
+            return self._drop(run, encoded, flow.rate_limit), True
         info = run.pending()
         created = _Run(info, encoded, flow=flow, order=len(self._runs), admitted=flow.rate_limit is not None)
         wake = None

@@ -118,6 +118,29 @@ class FlowCases(Cases):
         fresh, new = await store.create_run(flowed("d4", rule, at=T0 + 13, args=[4]))
         assert new and fresh.run_id == "d4"  # d1 began: a new start makes a new run
 
+    async def test_a_run_joined_by_a_start_takes_that_starts_priority_and_keys(self, store: Store) -> None:
+        await store.register_worker(W1)
+        busy = Flow(concurrency=Gate(f"{WF}:t2", 1))
+        await store.create_run(flowed("holder", busy))
+        assert await claim_ids(store) == ["holder"]  # t2's only slot is taken
+        rule = DebounceRule(f"{WF}:doc", 5.0)
+        await store.create_run(flowed("d1", Flow(debounce=rule, concurrency=Gate(f"{WF}:t1", 1)), args=[1]))
+        late = Flow(debounce=rule, concurrency=Gate(f"{WF}:t2", 1), priority=9)
+        joined, new = await store.create_run(flowed("d2", late, at=T0 + 1, args=[2]))
+        assert not new and joined.run_id == "d1" and joined.args == [2]
+        await store.create_run(flowed("other", Flow(priority=5), at=T0 + 2))
+        # d1 now runs with the last start's arguments, so under its key (t2, whose slot
+        # is taken) and its priority (9, before "other"'s 5) once the slot is free.
+        assert await claim_ids(store, now=T0 + 6) == ["other"]
+
+    async def test_a_start_that_joins_a_debounced_run_is_not_rate_limited(self, store: Store) -> None:
+        both = Flow(debounce=DebounceRule(f"{WF}:doc", 5.0), rate_limit=Gate(WF, 1, 60.0))
+        await store.create_run(flowed("d1", both, args=[1]))
+        joined, new = await store.create_run(flowed("d2", both, at=T0 + 1, args=[2]))
+        assert not new and joined.run_id == "d1" and joined.args == [2]  # it adds no run to the count
+        dropped, new = await store.create_run(flowed("d3", Flow(rate_limit=Gate(WF, 1, 60.0)), at=T0 + 2))
+        assert new and dropped.status == "cancelled"  # a start that makes a run still counts
+
     # -- events --------------------------------------------------------------------------------
 
     async def test_cancel_on_cancels_matching_runs_for_later_events(self, store: Store) -> None:
