@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -31,6 +32,8 @@ __all__ = ("App", "Event", "RunHandle", "StepDef", "WorkflowDef")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+log = logging.getLogger("replay.app")
+
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
@@ -397,8 +400,10 @@ class App:
 
         A workflow with ``trigger=name`` gets one run per event, with the id
         ``"<workflow>:<event id>"``, created in the same transaction as the
-        event; resending an event id starts nothing more. Runs with a matching
-        ``CancelOn`` are cancelled.
+        event; resending an event id starts nothing more. A workflow whose
+        flow-control function fails on the event's data starts nothing (the
+        error is logged); the event is stored all the same. Runs with a
+        matching ``CancelOn`` are cancelled.
 
         Args:
             name: the event's name.
@@ -416,11 +421,16 @@ class App:
         if id is not None and (not isinstance(id, str) or not id):
             raise ValueError(f"an event id must be a non-empty str, got {id!r}")
         event = EventRecord(id or new_id(), name, plain, self.clock.now())
-        starts = [
-            wf.new_run(f"{wf.name}:{event.id}", [event_value(event)], event.at)
-            for wf in self.workflows.values()
-            if wf.trigger == name
-        ]
+        starts = []
+        for wf in self.workflows.values():
+            if wf.trigger == name:
+                try:
+                    starts.append(wf.new_run(f"{wf.name}:{event.id}", [event_value(event)], event.at))
+                except Exception:
+                    # A flow-control function that fails on this event's data: it starts
+                    # nothing, as a worker's trigger pass skips it, and the event is still
+                    # stored, waking the runs that wait for it and starting the others.
+                    log.exception("event %s cannot start a run of %s; skipped", event.id, wf.name)
         store = await self.store()
         stored, _ = await store.send_event(event, starts)
         return stored.id

@@ -49,6 +49,36 @@ async def test_an_event_starts_every_listening_workflow_once(env_for: Callable[.
     assert sorted(seen) == [("bill", "o-1"), ("pack", "o-1")]
 
 
+async def test_a_trigger_whose_key_fails_on_an_event_does_not_lose_the_event(
+    env_for: Callable[..., TestEnv], caplog: pytest.LogCaptureFixture
+) -> None:
+    app = replay.App("trigger-bad-key", store="memory://")
+
+    @app.workflow(trigger="order.created", concurrency=replay.Concurrency(1, key=lambda e: e.data["tenant"]))
+    async def per_tenant(ctx: replay.Context, event: replay.Event) -> None:
+        return None
+
+    @app.workflow(trigger="order.created")
+    async def bill(ctx: replay.Context, event: replay.Event) -> str:
+        return str(event.data["order_id"])
+
+    @app.workflow()
+    async def waits(ctx: replay.Context) -> bool:
+        return await ctx.wait_for_event("order.created") is not None
+
+    async with env_for(app) as env:
+        waiting = await app.start(waits)
+        await env.idle()
+        await app.send_event(
+            "order.created", {"order_id": "o-1"}, id="e1"
+        )  # no "tenant": per_tenant's key fails
+        await env.idle()
+        assert await waiting.result() is True  # the event was stored, and woke the waiting run
+        assert await app.get_run("bill:e1").result() == "o-1"  # the other workflow started
+        assert await app.list_runs(workflow="per_tenant") == []
+    assert "event e1 cannot start a run of per_tenant" in caplog.text
+
+
 async def test_triggered_runs_obey_their_flow_control(env_for: Callable[..., TestEnv]) -> None:
     app = replay.App("trigger-flow", store="memory://")
 
