@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from replay.clock import Clock, VirtualClock
 from replay.context import step_name
+from replay.stores import open_store
 from replay.stores.base import Store
 from replay.stores.memory import MemoryStore
 from replay.testing.mocks import _UNSET, StepMock
@@ -29,16 +31,22 @@ class TestEnv:
 
     Args:
         app: the app under test.
-        store: the store to use (default: a fresh ``MemoryStore``).
+        store: the store to use, or its URL (default: a fresh ``MemoryStore``).
         seed: seed for retry jitter, so runs repeat exactly.
         worker_options: more keyword arguments for ``Worker``.
     """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, app: App, *, store: Store | None = None, seed: int = 0, **worker_options: Any) -> None:
+    def __init__(
+        self, app: App, *, store: Store | str | None = None, seed: int = 0, **worker_options: Any
+    ) -> None:
         self.app = app
-        self.store: Store = store if store is not None else MemoryStore()
+        if store is None:
+            store = MemoryStore()
+        elif isinstance(store, str):
+            store = open_store(store)
+        self.store: Store = store
         self.clock = VirtualClock()
         self._seed = seed
         self._options = worker_options
@@ -98,12 +106,27 @@ class TestEnv:
 
         Give exactly one of ``returns`` (the value), ``raises`` (an exception; it
         counts as a failed attempt and is retried as the step's policy says) or
-        ``side_effect`` (a sync function called with the step's arguments).
+        ``side_effect`` (a function, sync or ``async def``, called with the
+        step's arguments).
 
         Returns:
             The mock; its ``calls`` list every attempt's arguments.
+
+        Raises:
+            ValueError: ``step`` is a name no step of the app is registered under
+                (a typo would let the real step run); a step called as
+                ``ctx.step(fn)`` is mocked by passing ``fn`` itself.
         """
-        name = step if isinstance(step, str) else step_name(step)
+        if isinstance(step, str):
+            if step not in self.app.steps:
+                known = ", ".join(sorted(self.app.steps)) or "none"
+                raise ValueError(
+                    f"no step named {step!r} is registered on {self.app!r} (its steps: {known}); "
+                    "for a step called as ctx.step(fn), pass fn itself"
+                )
+            name = step
+        else:
+            name = step_name(step)
         mock = StepMock(name, returns, raises, side_effect)
         self._mocks[name] = mock
         return mock
@@ -127,8 +150,8 @@ class TestEnv:
         Returns once every run has done all it can up to the new time.
         """
         seconds = delta.total_seconds() if isinstance(delta, timedelta) else float(delta)
-        if seconds < 0:
-            raise ValueError(f"time only moves forward; got {delta!r}")
+        if not seconds >= 0 or math.isinf(seconds):  # NaN fails the first test
+            raise ValueError(f"time only moves forward, by a finite amount; got {delta!r}")
         target = self.clock.now() + seconds
         await self.idle()
         while self.clock.fire_due(target):

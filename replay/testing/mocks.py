@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ class StepMock:
     Attributes:
         name: the step's name.
         calls: the arguments of every attempt, as ``(args, kwargs)``, in order.
+        is_async: whether calling it gives a coroutine (an ``async def`` side
+            effect), which the worker then awaits on its loop.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class StepMock:
         self._returns = returns
         self._raises = raises
         self._side_effect = side_effect
+        self.is_async = inspect.iscoroutinefunction(side_effect)
 
     def __repr__(self) -> str:
         return f"<StepMock {self.name!r}, {len(self.calls)} call(s)>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -254,3 +255,33 @@ async def test_check_replay_catches_a_changed_workflow() -> None:
     assert "new command:      step_scheduled 'audit'" in problem.message
     assert await store.read_journal("in-flight") == before  # nothing written
     assert await check_replay(v1, store) == []
+
+
+async def test_a_mock_for_a_name_no_step_has_is_refused() -> None:
+    async with TestEnv(app) as env:
+        with pytest.raises(ValueError, match=r"no step named 'shp' is registered .*its steps: charge, ship"):
+            env.mock_step("shp", returns="x")  # a typo would let the real step run
+
+
+async def test_an_async_side_effect_is_awaited() -> None:
+    async def fake_ship(order_id: str) -> str:
+        await asyncio.sleep(0)
+        return f"async {order_id}"
+
+    async with TestEnv(app) as env:
+        env.mock_step(charge, returns="fake")
+        env.mock_step(ship, side_effect=fake_ship)
+        run = await app.start(order, "o-2")
+        await env.advance(timedelta(hours=1))
+        assert await run.result() == "fake, async o-2"
+
+
+async def test_a_store_url_is_taken_and_time_moves_by_finite_amounts(tmp_path: Any) -> None:
+    async with TestEnv(app, store=f"sqlite:///{tmp_path}/t.db") as env:
+        env.mock_step(charge, returns="fake")
+        run = await app.start(order, "o-3")
+        await env.advance(timedelta(hours=1))
+        assert await run.result() == "fake, shipped o-3"
+        for bad in (float("nan"), float("inf"), -1.0):
+            with pytest.raises(ValueError, match="finite"):
+                await env.advance(bad)
