@@ -181,6 +181,7 @@ class _Attempt:
     app: App
     responder: Responder
     store: CrashingStore
+    setup: Callable[[TestEnv], object] | None = None
     executions: list[tuple[str, int, str, int]] = attrs.Factory(list)  # run, seq, name, generation
     generation: int = 1
     #: Every run's journal as the attempt left it, read before its store closed.
@@ -206,6 +207,8 @@ class _Attempt:
 
     async def run(self, workflow: WorkflowDef[Any, Any], args: tuple[Any, ...], max_rounds: int) -> Any:
         async with TestEnv(self.app, store=self.store, on_step=self.on_step) as env:
+            if self.setup is not None:
+                self.setup(env)  # mocks, say: each run has an environment of its own
             handle = await self.app.start(workflow, *args, run_id="explored")
             sent: set[tuple[str, int]] = set()
             for _ in range(max_rounds):
@@ -249,6 +252,7 @@ async def explore_crashes(
     max_rounds: int = 10_000,
     raise_on_divergence: bool = True,
     store_factory: Callable[[], Store] | None = None,
+    setup: Callable[[TestEnv], object] | None = None,
 ) -> CrashReport:
     """Run ``workflow(*args)`` with a crash at every journal append; compare each to no crash.
 
@@ -270,20 +274,29 @@ async def explore_crashes(
         store_factory: makes a new, empty, unopened store for each run (the
             crash-free one and one per crash point), so crashes run on that kind of
             store; it must never hand out the same store or data twice.
+        setup: called with each run's ``TestEnv`` before the workflow starts, to
+            mock steps in it (``lambda env: env.mock_step(charge, returns="r")``).
 
     Returns:
         The report: the crash-free outcome and one ``CrashPoint`` per crash.
+
+    Raises:
+        ValueError: ``phases`` names a phase other than "before" and "after".
+        CrashExplorationError: a crash point diverged (with ``raise_on_divergence``).
     """
+    unknown = sorted(set(phases) - {"before", "after"})
+    if unknown or not phases:
+        raise ValueError(f'phases are "before" and "after", got {phases!r}')
     responder = _responder(events)
     fresh: Callable[[], Store] = store_factory if store_factory is not None else MemoryStore
-    base = _Attempt(app, responder, CrashingStore(fresh()))
+    base = _Attempt(app, responder, CrashingStore(fresh()), setup)
     outcome = await base.run(workflow, args, max_rounds)
     journal = normalize_journals(base.journals)
     appends = base.store.appends
     points: list[CrashPoint] = []
     for k in range(1, appends + 1):
         for phase in phases:
-            attempt = _Attempt(app, responder, CrashingStore(fresh(), crash_at=k, phase=phase))
+            attempt = _Attempt(app, responder, CrashingStore(fresh(), crash_at=k, phase=phase), setup)
             got = await attempt.run(workflow, args, max_rounds)
             problems: list[str] = []
             if got != outcome:

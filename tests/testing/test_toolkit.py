@@ -147,6 +147,27 @@ async def test_explore_crashes_passes_deterministic_workflows() -> None:
     assert report.ok and report.outcome == "0:01:00" and len(report.points) == 2 * report.appends
 
 
+async def test_explore_crashes_runs_each_crash_with_the_mocks_setup_gives() -> None:
+    mocks: list[Any] = []
+
+    def setup(env: TestEnv) -> None:
+        mocks.append(env.mock_step(welcome, returns="mocked welcome"))
+
+    report = await explore_crashes(clock_app, greets, setup=setup)
+    assert report.ok and report.outcome == "mocked welcome"
+    assert len(mocks) == 1 + len(report.points)  # one environment per run, each mocked
+    assert all(mock.call_count <= 2 for mock in mocks)  # the step ran as the mock, at most twice a run
+    with pytest.raises(ValueError, match="phases"):
+        await explore_crashes(clock_app, greets, phases=("befor",))  # type: ignore[arg-type]
+
+
+@clock_app.workflow()
+async def greets(ctx: replay.Context) -> str:
+    greeting = await welcome()
+    await ctx.sleep(timedelta(minutes=1))
+    return greeting
+
+
 @pytest.mark.replay_app(clock_app)
 async def test_the_marker_picks_the_app(replay_env: TestEnv) -> None:
     run = await clock_app.start(reads_ctx_now)
