@@ -32,10 +32,10 @@ __all__ = ("App", "Event", "RunHandle", "StepDef", "WorkflowDef")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-log = logging.getLogger("replay.app")
-
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+log = logging.getLogger("replay.app")
 
 DEFAULT_STORE = "sqlite:///replay.db"
 

@@ -498,11 +498,12 @@ class Worker:
         """Run one attempt of a step, with its timeout, in this process."""
         step = op.step
         fn = self.step_mocks.get(op.name) if self.step_mocks else None
-        # Known for a registered step (and a StepMock); asked of anything else.
-        is_async: bool | None = getattr(fn, "is_async", None)
+        is_async: bool | None  # known for a registered step and a StepMock; asked of anything else
         if fn is None:
             fn = getattr(step, "fn", step)
             is_async = getattr(step, "is_async", None)
+        else:
+            is_async = getattr(fn, "is_async", None)
         if fn is None:
             raise LookupError(f"step {op.name!r} is not known to this worker")
         if self._draining:
